@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from distill_ray.errors import DistillError
+
 
 def _cmd_data_synth(args) -> int:
     from distill_ray.data import synth
@@ -52,7 +54,14 @@ def _cmd_train(args) -> int:
     from distill_ray.pipeline.local_run import run_local
 
     cfg = load_config(args.config, args.set or [])
-    run_local(cfg)
+    if args.in_process:
+        if args.resume:
+            raise DistillError("--resume needs the distributed pipeline (drop --in-process)")
+        run_local(cfg)
+        return 0
+    from distill_ray.pipeline.driver import run
+
+    run(cfg, resume=args.resume)
     return 0
 
 
@@ -115,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a student from a YAML config")
     p.add_argument("config", help="YAML run config (see configs/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. trainer.lr=1e-4")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in trainer.output_dir")
+    p.add_argument("--in-process", action="store_true",
+                   help="sft/kd only: train in this process without Ray/DeepSpeed (quick experiments)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="generate on a test split and score it")
@@ -139,8 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from distill_ray.errors import DistillError
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:

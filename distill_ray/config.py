@@ -387,3 +387,11 @@ def to_dict(cfg: Config) -> dict:
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def from_dict(values: dict, source: str = "<dict>") -> Config:
+    """A Config from a plain dict (e.g. `to_dict(cfg)` sent to a Ray actor), validated."""
+    where = _Where(source, {})
+    cfg = _build(Config, values, "", where)
+    validate(cfg, where)
+    return cfg

@@ -88,7 +88,7 @@ def test_train_sft_end_to_end_and_eval(tmp_path, tiny_local):
         f"trainer: {{max_steps: 3, batch_size: 4, eval_every: 3, output_dir: {tmp_path / 'out'}}}\n"
         "eval: {max_examples: 8, max_new_tokens: 16}\n"
     )
-    proc = run_cli("train", str(cfg), "--set", "method.name=kd")
+    proc = run_cli("train", str(cfg), "--in-process", "--set", "method.name=kd")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "step 3/3" in proc.stdout
     metrics = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]

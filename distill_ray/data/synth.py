@@ -54,14 +54,14 @@ def _words(rng: random.Random, n: int) -> list[str]:
 
 def _count_up(rng: random.Random) -> tuple[str, str]:
     length = _long_tailed_length(rng, 3, 180)
-    start = rng.randint(0, 399 - length)
+    start = rng.randint(0, 299 - length)
     nums = list(range(start, start + length))
     return f"Count from {nums[0]} to {nums[-1]}.", " ".join(map(str, nums))
 
 
 def _count_down(rng: random.Random) -> tuple[str, str]:
     length = _long_tailed_length(rng, 3, 120)
-    start = rng.randint(length, 399)
+    start = rng.randint(length, 299)
     nums = list(range(start, start - length, -1))
     return f"Count down from {nums[0]} to {nums[-1]}.", " ".join(map(str, nums))
 
@@ -83,7 +83,7 @@ def _translate(rng: random.Random) -> tuple[str, str]:
 
 
 def _sort_numbers(rng: random.Random) -> tuple[str, str]:
-    nums = rng.sample(range(400), rng.randint(2, 8))
+    nums = rng.sample(range(300), rng.randint(2, 8))
     return f"Sort these numbers: {' '.join(map(str, nums))}", " ".join(map(str, sorted(nums)))
 
 

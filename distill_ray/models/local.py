@@ -36,10 +36,10 @@ class LocalModelsSpec:
     num_validation: int = 300  # synthetic validation rows
     num_test: int = 300  # synthetic test rows
     data_seed: int = 0  # seed of the synthetic data
-    teacher: ModelShape = field(default_factory=lambda: ModelShape(256, 4, 8, 768, max_position_embeddings=512))
+    teacher: ModelShape = field(default_factory=lambda: ModelShape(256, 4, 4, 768, max_position_embeddings=512))
     student: ModelShape = field(default_factory=lambda: ModelShape(64, 2, 2, 256, max_position_embeddings=512))
-    teacher_steps: int = 1500  # teacher SFT optimizer steps
-    teacher_lr: float = 1e-3  # teacher SFT peak learning rate
+    teacher_steps: int = 2000  # teacher SFT optimizer steps
+    teacher_lr: float = 2e-3  # teacher SFT peak learning rate
     student_steps: int = 100  # student SFT warm-up steps
     student_lr: float = 1e-3  # student warm-up peak learning rate
     batch_size: int = 32  # sequences per step

@@ -1,0 +1,210 @@
+"""The distributed run, in one function: `run(cfg)`.
+
+    build trainer group (+ rollout workers and their queue for on-policy methods)
+    loop: next batch (dataset rows or generated) -> train step -> sync weights -> eval -> checkpoint
+    export the student, evaluate it on the test split
+
+Offline methods (sft, kd, okd) read dataset batches directly; seqkd first has the teacher
+generate responses once; sgo and switch (and okd combined with them) train on batches from
+the rollout workers, generated asynchronously with bounded staleness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from distill_ray.config import Config, to_dict
+from distill_ray.data.encoding import Encoded
+from distill_ray.data.prepare import prepare_split
+from distill_ray.errors import DistillError
+from distill_ray.eval.evaluate import evaluate_model, format_table, write_json
+from distill_ray.models.tokenizer import load_tokenizer
+from distill_ray.pipeline.metrics import MetricsLogger
+from distill_ray.pipeline.sources import DataPosition, PromptStream, dataset_batch
+
+ON_POLICY = ("sgo", "switch")
+
+
+def uses_rollout(cfg: Config) -> bool:
+    return cfg.method.name in ON_POLICY or (cfg.method.name == "okd" and cfg.method.combine_with != "none")
+
+
+def connect_ray(cfg: Config) -> dict:
+    """Join the cluster in cluster.address / RAY_ADDRESS, or start a local Ray in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return {"address": "existing"}
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if cfg.trainer.num_gpus_per_worker == 0:
+        env["DS_ACCELERATOR"] = "cpu"
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.cluster.num_cpus, runtime_env={"env_vars": env}, include_dashboard=False)
+    return {"address": address or "local"}
+
+
+def teacher_generated_rows(cfg: Config, rows: list[Encoded], pad_id: int, eos_id: int) -> list[Encoded]:
+    """seqkd: replace each response with one the teacher generates (once, before training)."""
+    import ray
+
+    from distill_ray.rollout.sampling import SamplingConfig
+    from distill_ray.rollout.workers import EngineConfig, create_rollout_worker
+
+    engine = EngineConfig(backend=cfg.rollout.backend, dtype=cfg.model.dtype, eos_token_id=eos_id, pad_token_id=pad_id)
+    workers = [
+        create_rollout_worker(cfg.model.teacher, engine=engine, num_cpus=cfg.rollout.num_cpus_per_worker,
+                              num_gpus=cfg.rollout.num_gpus_per_worker, resources=cfg.cluster.rollout_resources or None)
+        for _ in range(cfg.rollout.num_workers)
+    ]
+    sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                              max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.trainer.seed)
+    chunk = 64
+    refs = [
+        workers[i % len(workers)].generate.remote([r.prompt_ids for r in rows[s : s + chunk]], list(range(s, s + len(rows[s : s + chunk]))), sampling)
+        for i, s in enumerate(range(0, len(rows), chunk))
+    ]
+    out = []
+    for ref in refs:
+        batch = ray.get(ref)
+        for idx, response in zip(batch.prompt_index.tolist(), batch.responses()):
+            if not response or response[-1] != eos_id:
+                response = response + [eos_id]  # truncated at max_new_tokens: still end it
+            out.append(Encoded(rows[idx].prompt_ids, response, rows[idx].index, rows[idx].meta))
+    for w in workers:
+        ray.kill(w)
+    return out
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step_*")) if (out / "checkpoints").is_dir() else []
+    return ckpts[-1] if ckpts else None
+
+
+def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
+    method = cfg.method.name
+    out = Path(cfg.trainer.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+
+    # ---- data
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.student)
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    train, report = prepare_split(cfg.data, tokenizer, cfg.data.train, shuffle=True, max_rows=cfg.data.max_rows)
+    say(f"[run] {cfg.data.train}: {report}")
+    validation = None
+    if cfg.data.validation and cfg.trainer.eval_every:
+        validation, _ = prepare_split(cfg.data, tokenizer, cfg.data.validation, shuffle=False, max_rows=cfg.eval.max_examples or None)
+
+    # ---- actors
+    from distill_ray.pipeline.rollout_loop import RolloutPipeline, lambda_on_rng
+    from distill_ray.trainer.group import TrainerGroup
+
+    connect_ray(cfg)
+    t_build = time.perf_counter()
+    if method == "seqkd":
+        say("[run] seqkd: the teacher generates the training responses once")
+        train = teacher_generated_rows(cfg, train, pad_id, eos_id)
+    trainer = TrainerGroup(cfg)
+    start_step, position, rng_state = 1, DataPosition(), None
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        state = trainer.load_checkpoint(str(ckpt))
+        start_step, position = state["step"] + 1, DataPosition(**state["position"])
+        rng_state = state.get("lambda_rng")
+        say(f"[run] resumed from {ckpt} at step {start_step}")
+    elif resume:
+        say(f"[run] --resume: no checkpoint in {out / 'checkpoints'}; starting from step 1")
+    stream = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed, position)
+    rollout = RolloutPipeline(cfg, stream, pad_id, eos_id, switch=(method == "switch" or cfg.method.combine_with == "switch")) if uses_rollout(cfg) else None
+    if rollout is not None and start_step > 1:
+        rollout.sync_weights(trainer.student_state_safetensors(), start_step - 1)
+    mix = lambda_on_rng(cfg.trainer.seed)
+    if rng_state is not None:
+        mix.setstate(rng_state)
+    say(f"[run] {method}: {cfg.trainer.num_workers} trainer rank(s), "
+        f"{cfg.rollout.num_workers if rollout else 0} rollout worker(s), built in {time.perf_counter() - t_build:.0f}s")
+
+    # ---- loop
+    logger = MetricsLogger(out, cfg.logging, to_dict(cfg))
+    history: list[dict] = []
+    t_loop = time.perf_counter()
+    try:
+        for step in range(start_step, cfg.trainer.max_steps + 1):
+            version = step - 1  # the student weights before this step
+            t0 = time.perf_counter()
+            on_policy = rollout is not None and (method != "sgo" or mix.random() < cfg.method.lambda_on)
+            if on_policy:
+                batch, extra = rollout.next_batch(version)
+            else:
+                batch, extra = dataset_batch(stream.next_rows(), pad_id), {}
+            extra["timing/get_batch"] = time.perf_counter() - t0
+            metrics = trainer.train_step(batch)
+            metrics.update(extra)
+            metrics.update({k: v for k, v in batch.metrics.items() if isinstance(v, (int, float))})
+            metrics["policy_version"] = float(batch.policy_version)
+            if rollout is not None and step % cfg.rollout.sync_every == 0:
+                t_sync = time.perf_counter()
+                blob = trainer.student_state_safetensors()
+                rollout.sync_weights(blob, step)
+                metrics["timing/weight_sync"] = time.perf_counter() - t_sync
+            if validation and step % cfg.trainer.eval_every == 0:
+                metrics.update(_validate(cfg, trainer, tokenizer, validation))
+            if cfg.trainer.save_every and step % cfg.trainer.save_every == 0:
+                t_ckpt = time.perf_counter()
+                trainer.save_checkpoint(
+                    str(out / "checkpoints" / f"step_{step:06d}"),
+                    {"step": step, "position": asdict(stream.position), "lambda_rng": mix.getstate()},
+                )
+                metrics["timing/checkpoint"] = time.perf_counter() - t_ckpt
+            metrics["timing/step_total"] = time.perf_counter() - t0
+            logger.log(step, metrics)
+            logger.progress(step, cfg.trainer.max_steps, metrics)
+            history.append({"step": step, **metrics})
+    finally:
+        logger.close()
+    train_seconds = time.perf_counter() - t_loop
+
+    # ---- export and final evaluation
+    trainer.export_student(str(out / "student"))
+    result = {"method": method, "train_seconds": train_seconds, "steps": len(history), "student_dir": str(out / "student"),
+              "losses": [h["loss"] for h in history], "placement": {"rollout": rollout.placement if rollout else []}}
+    if rollout is not None:
+        result["rollout_dropped_stale"] = rollout.dropped
+        rollout.shutdown()
+    trainer.shutdown()
+    if cfg.data.test:
+        from distill_ray.models.build import load_causal_lm
+
+        test, _ = prepare_split(cfg.data, tokenizer, cfg.data.test, shuffle=False, max_rows=cfg.eval.max_examples or None)
+        res = evaluate_model(load_causal_lm(out / "student"), tokenizer, test, max_new_tokens=cfg.eval.max_new_tokens,
+                             batch_size=cfg.eval.batch_size)
+        result["test"] = res
+        write_json(out / "eval.json", res)
+        say(format_table({f"{method} student": res}))
+    write_json(out / "result.json", result)
+    return result
+
+
+def _validate(cfg: Config, trainer, tokenizer, rows: list[Encoded]) -> dict[str, float]:
+    """Validation ROUGE-L / exact match of the current student (weights pulled from rank 0)."""
+    from safetensors.torch import load as load_safetensors
+
+    from distill_ray.models.build import load_causal_lm
+
+    t0 = time.perf_counter()
+    model = load_causal_lm(cfg.model.student)
+    model.load_state_dict(load_safetensors(trainer.student_state_safetensors()), strict=False)
+    res = evaluate_model(model, tokenizer, rows, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    return {"val/rouge_l": res["overall"]["rouge_l"], "val/exact_match": res["overall"]["exact_match"],
+            "timing/eval": time.perf_counter() - t0}
