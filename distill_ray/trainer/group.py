@@ -1,0 +1,701 @@
+"""`TrainerGroup`: N Ray actors forming one torch.distributed group, each a DeepSpeed ZeRO rank.
+
+    trainer = TrainerGroup(cfg)                      # placement group, N TrainerRank actors, engines built
+    metrics = trainer.train_step(batch)              # one optimizer step on a RolloutBatch
+    refs = trainer.async_train_step(batch)           # the same, as ObjectRefs (overlap with generation)
+    metrics = merge_rank_metrics(ray.get(refs))
+    blob = trainer.student_state_safetensors()       # full student weights for the rollout workers
+    trainer.save_checkpoint(dir, {"step": 10, ...}); state = trainer.load_checkpoint(dir)
+    trainer.export_student("runs/x/student")         # HF directory + tokenizer (transformers, vLLM)
+    trainer.shutdown()
+
+How a step's rows are split is plain: `batch.split(num_workers)` gives each rank a contiguous
+shard; each rank cuts its shard into `grad_accum` micro-batches and takes one optimizer step.
+Every micro-batch's loss is weighted by its share of the whole step's response tokens, so the
+step's gradient is the token mean over the global batch, exactly as if one process had seen it
+all (tests/trainer checks this against an in-process reference).
+
+Each rank holds:
+  - the student, in a DeepSpeed engine: ZeRO stage `trainer.zero_stage` (2: optimizer states
+    and gradients partitioned; 3: the weights too), AdamW, gradient clipping, bf16 on GPU when
+    model.dtype is bfloat16, float32 on CPU;
+  - the frozen teacher, placed by `trainer.teacher_mode` (see TEACHER_MODES) -- none for sft
+    and seqkd, whose loss does not use it;
+  - for okd, the teacher's online module (a LoRA adapter) with its own AdamW; its gradients
+    are summed over ranks before each update, so every rank's module stays identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from distill_ray.batch import RolloutBatch
+from distill_ray.config import Config, from_dict, to_dict
+from distill_ray.errors import DistillError
+from distill_ray.trainer.deepspeed_config import (
+    student_deepspeed_config,
+    teacher_deepspeed_config,
+    training_precision,
+)
+from distill_ray.trainer.optim import lr_at
+from distill_ray.trainer.step import (
+    LossSpec,
+    ModelOutput,
+    ResponseTargets,
+    micro_batch_loss,
+    micro_batches,
+    response_output,
+)
+
+# Where each rank's frozen teacher lives (`trainer.teacher_mode`):
+TEACHER_MODES = (
+    "replicated",  # a full copy on every rank's device (default; the fastest forward)
+    "zero3",  # ZeRO-3 inference: each rank keeps 1/N of the weights, gathered layer by layer
+    "zero3_offload",  # as zero3, with the partitions in host memory (GPU holds only the layer in use)
+    "remote",  # none: every batch carries the teacher's top-k log-probs from a TeacherScorer
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEEPSPEED_TAG = "deepspeed"  # sub-directory of a checkpoint holding DeepSpeed's own files
+
+
+def teacher_mode(cfg: Config) -> str:
+    """The validated teacher placement; "none" when the method's loss does not use a teacher.
+
+    Read with getattr until config.py has `trainer.teacher_mode` (default "replicated"); the
+    group resolves it once, in the driver, and hands it to the ranks in `RankOptions`.
+    """
+    mode = getattr(cfg.trainer, "teacher_mode", "replicated")
+    if mode not in TEACHER_MODES:
+        raise DistillError(f"trainer.teacher_mode: expected one of {TEACHER_MODES}, got {mode!r}")
+    if not LossSpec.from_config(cfg).uses_teacher:
+        return "none"
+    if cfg.method.name == "okd" and mode != "replicated":
+        raise DistillError(
+            f"trainer.teacher_mode={mode}: okd trains an online module inside the teacher, which needs "
+            "the teacher replicated on every rank (teacher_mode=replicated)"
+        )
+    return mode
+
+
+def uses_chunked_loss(cfg: Config) -> bool:
+    """Whether the loss is computed chunk by chunk from hidden states (`loss.chunked`, default off).
+
+    The chunked loss multiplies hidden states by the output layers itself, so both must be whole
+    on every rank: not with a ZeRO-3 student or a ZeRO-3 teacher (their output layers are
+    partitioned and only gathered inside the model's own forward).
+    """
+    if not getattr(cfg.loss, "chunked", False):
+        return False
+    if cfg.trainer.zero_stage == 3 or teacher_mode(cfg) in ("zero3", "zero3_offload"):
+        raise DistillError(
+            "loss.chunked needs whole output layers on every rank: use trainer.zero_stage <= 2 and "
+            "trainer.teacher_mode=replicated, or turn loss.chunked off"
+        )
+    return LossSpec.from_config(cfg).uses_teacher
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """Trainer choices resolved once in the driver from the config and sent to every rank."""
+
+    teacher_mode: str  # one of TEACHER_MODES, or "none" (sft, seqkd)
+    chunked_loss: bool  # compute the divergence chunk by chunk from hidden states
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "RankOptions":
+        return cls(teacher_mode=teacher_mode(cfg), chunked_loss=uses_chunked_loss(cfg))
+
+
+def weights_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A short hash of named tensors' values (in name order), to compare weights across processes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(named_tensors, key=lambda item: item[0]):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _causal_config(model: torch.nn.Module):
+    """The transformers config of a model, a PEFT-wrapped model or a DeepSpeed engine."""
+    return getattr(model, "module", model).config
+
+
+def _rng_state() -> dict:
+    import numpy as np
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def staging_dir(final: Path) -> Path:
+    """Where `final` is written before its atomic rename: hidden, so a glob such as the
+    driver's `step_*` never picks up a half-written checkpoint left by a crash."""
+    return final.with_name(f".{final.name}.tmp")
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished `tmp` to `final`, replacing an older `final`; readers never see half of one."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ====================================================================== one rank
+
+
+class OnlineModule:
+    """OKD's adapter on this rank's teacher, with its own AdamW.
+
+    Each rank backpropagates its micro-batches' module loss, weighted by their share of the
+    step's global tokens; `step` sums those gradients over ranks (an all-reduce), so every rank
+    applies the same update to the same starting weights and the modules never drift apart.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, lr: float, grad_clip: float):
+        from distill_ray.models.online import online_module_parameters
+
+        self.teacher = teacher
+        self.params = list(online_module_parameters(teacher))
+        # no weight decay: LoRA's B starts at zero, and decay would pull the module back to
+        # "no adaptation" at a rate unrelated to the loss
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+        self.grad_clip = grad_clip
+
+    def broadcast_from_rank0(self) -> None:
+        """Make every rank start from rank 0's initial adapter (LoRA's A is random)."""
+        import torch.distributed as dist
+
+        for p in self.params:
+            dist.broadcast(p.data, src=0)
+
+    def step(self) -> float:
+        """All-reduce the gradients, clip, update; returns the module's gradient norm."""
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])  # one collective, not one per tensor
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for p in self.params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+        if self.grad_clip > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip))
+        else:
+            norm = float(flat.norm())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.teacher)
+
+    def save(self, directory: Path) -> None:
+        from distill_ray.models.online import save_online_module
+
+        save_online_module(self.teacher, directory)
+        torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
+
+    def load(self, directory: Path) -> None:
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(directory / "adapter_model.safetensors"), device=str(self.params[0].device))
+        result = set_peft_model_state_dict(self.teacher, weights)
+        if getattr(result, "unexpected_keys", None):
+            raise DistillError(f"checkpoint {directory}: online module has unexpected keys {result.unexpected_keys[:3]}")
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=False))
+
+
+@dataclass
+class RankReport:
+    """What a rank built, for the driver's start-up line and for tests."""
+
+    rank: int
+    device: str
+    precision: str
+    zero_stage: int
+    teacher: str  # the teacher mode in use ("none": no teacher on this rank)
+    chunked_loss: bool
+    student_parameters: int
+    teacher_parameters: int  # the teacher's full parameter count (0 without a teacher)
+    teacher_local_parameters: int  # how many of them this rank holds (ZeRO-3 teacher: about 1/N)
+    online_module_parameters: int
+
+
+class TrainerRank:
+    """One rank of the group; wrapped with `ray.remote` by TrainerGroup (plain class for readability).
+
+    Call order: `master_address` (rank 0), then `setup` on all ranks at once (it joins the
+    process group, a collective), then any of the step / weights / checkpoint methods -- on all
+    ranks at once, since each may run collectives (ZeRO-3 gathers, all-reduces, barriers).
+    """
+
+    def __init__(self, cfg: dict, options: RankOptions, rank: int, world_size: int):
+        self.cfg, self.options = from_dict(cfg), options
+        self.rank, self.world_size = rank, world_size
+        # one compute thread per requested CPU: more threads than cores makes OpenMP spin-wait
+        # against the other ranks on the same machine (10x slower on a 2-core box)
+        torch.set_num_threads(max(1, int(self.cfg.trainer.num_cpus_per_worker)))
+        self.step = 0  # optimizer steps taken (the next step's 0-based index for lr_at)
+
+    def master_address(self) -> tuple[str, int]:
+        """This node's IP and a free TCP port, where the process group's store will listen."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    # ------------------------------------------------------------------ building
+
+    def setup(self, master_addr: str, master_port: int) -> RankReport:
+        """Join the process group, then build the student engine and the teacher (all ranks at once)."""
+        cfg = self.cfg
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its per-step INFO lines would drown ours
+        self._join_process_group(master_addr, master_port)
+        self.precision = training_precision(cfg.model.dtype, self.on_gpu)
+        torch.manual_seed(cfg.trainer.seed)  # the same seed on every rank: identical random inits
+        self.engine = self._build_student()
+        self.device = self.engine.device
+        self.teacher_mode, self.chunked = self.options.teacher_mode, self.options.chunked_loss
+        self.teacher, self.online = self._build_teacher()
+        vocab_size = None
+        if self.teacher is not None and _causal_config(self.teacher).vocab_size != self.engine.module.config.vocab_size:
+            vocab_size = len(self.tokenizer)  # output layers padded to different sizes: compare the tokenizer's rows
+        self.spec = LossSpec.from_config(cfg, vocab_size=vocab_size)
+        # per-rank randomness from here on (dropout, sampling inside losses), reproducible by seed
+        torch.manual_seed(cfg.trainer.seed * 1000 + self.rank)
+        random.seed(cfg.trainer.seed * 1000 + self.rank)
+        teacher_params = list(self.teacher.parameters()) if self.teacher is not None else []
+        return RankReport(
+            rank=self.rank,
+            device=str(self.device),
+            precision=self.precision,
+            zero_stage=cfg.trainer.zero_stage,
+            teacher=self.teacher_mode,
+            chunked_loss=self.chunked,
+            student_parameters=sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters()),
+            teacher_parameters=sum(getattr(p, "ds_numel", p.numel()) for p in teacher_params),
+            teacher_local_parameters=sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in teacher_params),
+            online_module_parameters=sum(p.numel() for p in self.online.params) if self.online else 0,
+        )
+
+    def _join_process_group(self, master_addr: str, master_port: int) -> None:
+        import deepspeed
+        import torch.distributed as dist
+
+        self.on_gpu = self.cfg.trainer.num_gpus_per_worker > 0
+        if self.on_gpu and not torch.cuda.is_available():
+            raise DistillError("trainer.num_gpus_per_worker > 0, but this trainer rank sees no CUDA device")
+        if self.on_gpu:
+            torch.cuda.set_device(0)  # Ray shows each rank only its own GPU, as device 0
+        backend = "nccl" if self.on_gpu else "gloo"
+        dist.init_process_group(
+            backend, init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank,
+            world_size=self.world_size, timeout=timedelta(minutes=30),
+        )
+        deepspeed.init_distributed(dist_backend=backend)  # adopts the group above
+
+    def _build_student(self):
+        """The student in a DeepSpeed engine (ZeRO stage, AdamW, clipping, precision from the config)."""
+        import deepspeed
+
+        from distill_ray.models.build import load_causal_lm
+        from distill_ray.models.tokenizer import load_tokenizer
+
+        cfg = self.cfg
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.student)
+        student = load_causal_lm(cfg.model.student, dtype=torch.float32)  # DeepSpeed casts to bf16/fp16 itself
+        ds_config = student_deepspeed_config(cfg.trainer, world_size=self.world_size, precision=self.precision, on_gpu=self.on_gpu)
+        engine, *_ = deepspeed.initialize(
+            model=student, model_parameters=[p for p in student.parameters() if p.requires_grad], config=ds_config
+        )
+        return engine
+
+    def _build_teacher(self) -> tuple[torch.nn.Module | None, OnlineModule | None]:
+        """The frozen teacher as `teacher_mode` places it (+ the online module for okd)."""
+        import deepspeed
+
+        from distill_ray.models.build import load_causal_lm
+
+        cfg = self.cfg
+        if self.teacher_mode in ("none", "remote"):
+            return None, None
+        teacher = load_causal_lm(cfg.model.teacher, dtype=DTYPES[self.precision]).eval().requires_grad_(False)
+        if cfg.method.name == "okd":
+            from distill_ray.models.online import attach_online_module
+
+            okd = cfg.method.okd
+            teacher = attach_online_module(
+                teacher.to(self.device), rank=okd.lora_rank, lora_alpha=okd.lora_alpha, top_fraction=okd.top_fraction
+            )
+            online = OnlineModule(teacher, okd.lr, cfg.trainer.grad_clip)
+            online.broadcast_from_rank0()
+            return teacher, online
+        if self.teacher_mode == "replicated":
+            return teacher.to(self.device), None
+        ds_config = teacher_deepspeed_config(
+            world_size=self.world_size, precision=self.precision, offload_to_cpu=self.teacher_mode == "zero3_offload"
+        )
+        engine, *_ = deepspeed.initialize(model=teacher, config=ds_config)  # partitions the weights over ranks
+        engine.eval()  # (DeepSpeedEngine.eval returns None, unlike nn.Module.eval)
+        return engine, None
+
+    # ------------------------------------------------------------------ training
+
+    def train_step(self, shard: RolloutBatch, global_tokens: int) -> dict[str, float]:
+        """grad_accum micro-batches of this rank's shard, then one optimizer step.
+
+        global_tokens: response tokens of the whole step (all ranks), the denominator of every
+        micro-batch's weight. Returns this rank's metrics; "loss*" values are this rank's share
+        of the global token mean (they add up over ranks; see merge_rank_metrics).
+        """
+        from distill_ray.models.online import should_update_module
+
+        t_step = time.perf_counter()
+        tc = self.cfg.trainer
+        lr = lr_at(self.step, tc.lr, tc.warmup_steps, tc.max_steps, tc.lr_schedule)
+        for param_group in self.engine.optimizer.param_groups:  # our schedule, not a DeepSpeed scheduler
+            param_group["lr"] = lr
+        update_module = self.online is not None and should_update_module(self.step, self.cfg.method.okd.teacher_update_every)
+        # DeepSpeed divides each micro-batch's loss by grad_accum and averages gradients over
+        # ranks; multiplying by both turns that into a plain sum of token-weighted shares
+        rescale = tc.grad_accum * self.world_size
+        timing = {"timing/teacher_forward": 0.0, "timing/student_forward_backward": 0.0, "timing/optimizer": 0.0}
+        sums: dict[str, float] = {"loss": 0.0}
+        self.engine.train()
+        for micro in micro_batches(shard, tc.grad_accum):
+            micro = micro.to(self.device)
+            targets = ResponseTargets.from_batch(micro)
+            share = targets.tokens / max(global_tokens, 1)
+            # okd's target is the local teacher with its module, never a remote scorer's top-k
+            topk = None
+            if micro.teacher_topk_ids is not None and self.spec.uses_teacher and self.online is None:
+                topk = (micro.teacher_topk_ids, micro.teacher_topk_logprobs)
+            chunked = self.chunked and topk is None
+            teacher_out = None
+            if self.spec.uses_teacher and topk is None:
+                t0 = time.perf_counter()
+                teacher_out = self._teacher_output(micro, chunked, with_grad=update_module)
+                timing["timing/teacher_forward"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            student_out = response_output(self.engine, micro, chunked=chunked)
+            terms = micro_batch_loss(self.spec, targets, student_out, teacher_out, topk, update_module)
+            self.engine.backward(terms.student * (share * rescale))
+            if terms.module is not None:
+                (terms.module * share).backward()  # summed over ranks in OnlineModule.step
+            timing["timing/student_forward_backward"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+            timing["timing/optimizer"] += time.perf_counter() - t0
+            sums["loss"] += float(terms.student.detach()) * share
+            for key, value in terms.metrics.items():
+                sums[key] = sums.get(key, 0.0) + value * share
+        metrics: dict[str, float] = {**sums, **timing}
+        if update_module:
+            t0 = time.perf_counter()
+            metrics["grad_norm/module"] = self.online.step()
+            metrics["timing/optimizer"] += time.perf_counter() - t0
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        self.step += 1
+        metrics.update(
+            {"lr": float(self.engine.get_lr()[0]), "step": float(self.step), "tokens": float(shard.num_response_tokens),
+             "timing/rank_step": time.perf_counter() - t_step}
+        )
+        return metrics
+
+    def _teacher_output(self, micro: RolloutBatch, chunked: bool, with_grad: bool) -> ModelOutput:
+        if self.teacher is None:
+            raise DistillError(
+                f"trainer: method {self.cfg.method.name} with teacher_mode={self.teacher_mode} needs batches "
+                "that carry teacher top-k log-probabilities (teacher_topk_ids / teacher_topk_logprobs)"
+            )
+        with torch.set_grad_enabled(with_grad):
+            return response_output(self.teacher, micro, chunked=chunked)
+
+    # ------------------------------------------------------------------ weights
+
+    def _full_student_state(self) -> dict[str, torch.Tensor] | None:
+        """The whole student state dict on rank 0 (None elsewhere); a collective under ZeRO-3."""
+        if self.cfg.trainer.zero_stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()  # gathers layer by layer onto rank 0
+        return self.engine.module.state_dict() if self.rank == 0 else None
+
+    def student_state_safetensors(self) -> bytes | None:
+        """Rank 0: the full student as safetensors bytes (HF names); other ranks: None."""
+        from distill_ray.rollout.weights import state_dict_to_bytes
+
+        state = self._full_student_state()
+        return state_dict_to_bytes(state) if state is not None else None
+
+    def online_module_safetensors(self) -> bytes | None:
+        """Rank 0: the OKD adapter's weights as safetensors bytes (PEFT names); None without one."""
+        from distill_ray.rollout.weights import state_dict_to_bytes
+
+        if self.online is None or self.rank != 0:
+            return None
+        return state_dict_to_bytes(self.online.state_dict())
+
+    def export_student(self, directory: str) -> str | None:
+        """Rank 0 writes an HF model directory (+ tokenizer), atomically; returns its path."""
+        state = self._full_student_state()
+        if self.rank != 0:
+            return None
+        final = Path(directory)
+        tmp = staging_dir(final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.engine.module.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+        self.tokenizer.save_pretrained(str(tmp))
+        _replace_dir(tmp, final)
+        return str(final)
+
+    def fingerprints(self) -> dict[str, str]:
+        """Hashes of this rank's full student, teacher base weights and online module.
+
+        Under ZeRO-3 this gathers the whole model on every rank: a check for tests and
+        debugging (do the ranks agree? did the frozen teacher stay frozen?), not a hot path.
+        """
+        out = {"student": self._digest(self.engine.module, lambda name: True)}
+        if self.teacher is not None:
+            teacher = getattr(self.teacher, "module", self.teacher)
+            out["teacher_base"] = self._digest(teacher, lambda name: "lora_" not in name)
+        if self.online is not None:
+            out["online_module"] = self._digest(self.online.teacher, lambda name: "lora_" in name)
+        return out
+
+    @staticmethod
+    def _digest(module: torch.nn.Module, keep) -> str:
+        import deepspeed
+
+        named = [(name, p) for name, p in module.named_parameters() if keep(name)]
+        partitioned = [p for _, p in named if hasattr(p, "ds_id")]
+        with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None, enabled=bool(partitioned)):
+            return weights_digest(named)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, tmp_dir: str, final_dir: str, client_state: dict) -> None:
+        """Write this rank's part under tmp_dir; after every rank is done, rank 0 renames it to final_dir.
+
+        Every rank must see the same directory (one machine, or a shared filesystem).
+        """
+        import torch.distributed as dist
+
+        tmp, final = Path(tmp_dir), Path(final_dir)
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "rng").mkdir(parents=True)
+        dist.barrier()  # nobody writes into tmp before rank 0 has emptied it
+        self.engine.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG)
+        torch.save(_rng_state(), tmp / "rng" / f"rank_{self.rank}.pt")
+        if self.rank == 0:
+            if self.online is not None:  # identical on every rank, so rank 0's copy is the module
+                self.online.save(tmp / "online_module")
+            torch.save(client_state, tmp / "client_state.pt")
+            state = {"step": self.step, "world_size": self.world_size, "zero_stage": self.cfg.trainer.zero_stage,
+                     "method": self.cfg.method.name}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        dist.barrier()  # every rank's files are on disk
+        if self.rank == 0:
+            _replace_dir(tmp, final)
+        dist.barrier()  # no rank returns before the checkpoint is visible under its final name
+
+    def load_checkpoint(self, directory: str) -> dict:
+        """Restore student + optimizer, online module, step and this rank's RNG; returns the client state."""
+        path = Path(directory)
+        state_file = path / "trainer_state.json"
+        if not state_file.is_file():
+            raise DistillError(f"checkpoint {directory}: not a trainer checkpoint (trainer_state.json missing)")
+        state = json.loads(state_file.read_text())
+        for key, have in (("world_size", self.world_size), ("zero_stage", self.cfg.trainer.zero_stage)):
+            if state[key] != have:
+                raise DistillError(
+                    f"checkpoint {directory}: saved with {key}={state[key]}, this group has {key}={have} "
+                    "(ZeRO partitions optimizer state per rank; resume with the same layout)"
+                )
+        if (self.online is not None) != (path / "online_module").is_dir():
+            raise DistillError(f"checkpoint {directory}: saved by method {state['method']}, loading into {self.cfg.method.name}")
+        load_path, _ = self.engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG, load_lr_scheduler_states=False)
+        if load_path is None:
+            raise DistillError(f"checkpoint {directory}: DeepSpeed found no {DEEPSPEED_TAG}/ states to load")
+        if self.online is not None:
+            self.online.load(path / "online_module")
+        self.step = int(state["step"])
+        _set_rng_state(torch.load(path / "rng" / f"rank_{self.rank}.pt", weights_only=False))
+        return torch.load(path / "client_state.pt", weights_only=False)
+
+
+# ====================================================================== the group
+
+
+def merge_rank_metrics(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    """One step's metrics from every rank's: loss shares and tokens add up, timings take the
+    slowest rank (the step waits for it), and what every rank agrees on (lr, grad_norm, step)
+    is rank 0's."""
+    merged = dict(per_rank[0])
+    for key in {k for m in per_rank for k in m}:
+        values = [m[key] for m in per_rank if key in m]
+        if key == "loss" or key.startswith("loss/") or key == "tokens":
+            merged[key] = sum(values)
+        elif key.startswith("timing/"):
+            merged[key] = max(values)
+    merged["tokens_per_s"] = merged["tokens"] / max(merged.get("timing/rank_step", 0.0), 1e-9)
+    return merged
+
+
+class TrainerGroup:
+    """The trainer ranks as one object in the driver. Methods block, except `async_*` ones,
+    which return ObjectRefs."""
+
+    def __init__(self, cfg: Config, placement_timeout_s: float = 600.0):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        tc = cfg.trainer
+        self.cfg, self.num_ranks = cfg, tc.num_workers
+        options = RankOptions.from_config(cfg)  # a bad option fails here, in the driver, not in N actors
+        bundle = {"CPU": tc.num_cpus_per_worker, **cfg.cluster.trainer_resources}
+        if tc.num_gpus_per_worker > 0:
+            bundle["GPU"] = tc.num_gpus_per_worker
+        # PACK: ranks on as few nodes as possible, where their all-reduces are fastest
+        self._placement = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy="PACK")
+        ready, _ = ray.wait([self._placement.ready()], timeout=placement_timeout_s)
+        if not ready:
+            ray.util.remove_placement_group(self._placement)
+            raise DistillError(
+                f"trainer: {self.num_ranks} x {bundle} could not be placed within {placement_timeout_s:.0f}s; "
+                f"the cluster has {ray.available_resources()} free (lower trainer.num_workers or the per-rank resources)"
+            )
+        env = {"TOKENIZERS_PARALLELISM": "false", "LOCAL_RANK": "0"}  # DeepSpeed requires LOCAL_RANK; each rank sees one device
+        if tc.num_gpus_per_worker == 0:
+            env["DS_ACCELERATOR"] = "cpu"  # otherwise DeepSpeed probes for CUDA and the like
+        rank_actor = ray.remote(TrainerRank)
+        self.ranks = [
+            rank_actor.options(
+                num_cpus=tc.num_cpus_per_worker,
+                num_gpus=tc.num_gpus_per_worker,
+                resources=dict(cfg.cluster.trainer_resources) or None,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self._placement, placement_group_bundle_index=i),
+                runtime_env={"env_vars": env},
+            ).remote(to_dict(cfg), options, i, self.num_ranks)
+            for i in range(self.num_ranks)
+        ]
+        address, port = ray.get(self.ranks[0].master_address.remote())
+        self.reports: list[RankReport] = ray.get([r.setup.remote(address, port) for r in self.ranks])
+
+    # ------------------------------------------------------------------ training
+
+    def async_train_step(self, batch: RolloutBatch) -> list:
+        """Start one optimizer step on `batch`; returns one ObjectRef per rank (merge with merge_rank_metrics).
+
+        Rows are split into contiguous shards, one per rank; every rank needs at least
+        grad_accum rows. Calls made afterwards (weights, checkpoints) queue behind this step on
+        every rank, so they see its result.
+        """
+        need = self.num_ranks * self.cfg.trainer.grad_accum
+        if len(batch) < need:
+            # checked here, not in the ranks: a rank failing alone would leave the others
+            # waiting in a gradient all-reduce
+            raise DistillError(
+                f"trainer: a step needs at least num_workers * grad_accum = {need} rows, the batch has {len(batch)}"
+            )
+        shards = batch.split(self.num_ranks)
+        global_tokens = batch.num_response_tokens
+        return [rank.train_step.remote(shard, global_tokens) for rank, shard in zip(self.ranks, shards)]
+
+    def train_step(self, batch: RolloutBatch) -> dict[str, float]:
+        """One optimizer step on `batch`; returns the merged metrics (see merge_rank_metrics)."""
+        import ray
+
+        t0 = time.perf_counter()
+        metrics = merge_rank_metrics(ray.get(self.async_train_step(batch)))
+        metrics["timing/train_step"] = time.perf_counter() - t0  # includes shipping the shards
+        return metrics
+
+    # ------------------------------------------------------------------ weights
+
+    def student_state_safetensors(self) -> bytes:
+        """The full student (ZeRO-3: gathered) as safetensors bytes, for RolloutWorker.load_weights."""
+        import ray
+
+        return ray.get([r.student_state_safetensors.remote() for r in self.ranks])[0]
+
+    def online_module_safetensors(self) -> bytes | None:
+        """The OKD adapter's weights (PEFT names) as safetensors bytes; None for other methods."""
+        import ray
+
+        return ray.get(self.ranks[0].online_module_safetensors.remote())
+
+    def export_student(self, directory: str) -> str:
+        """An HF directory (config, safetensors weights, tokenizer) that transformers and vLLM load."""
+        import ray
+
+        return ray.get([r.export_student.remote(directory) for r in self.ranks])[0]
+
+    def fingerprints(self) -> list[dict[str, str]]:
+        """Each rank's weight hashes (see TrainerRank.fingerprints): equal student hashes mean the ranks agree."""
+        import ray
+
+        return ray.get([r.fingerprints.remote() for r in self.ranks])
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, directory: str, client_state: dict) -> None:
+        """DeepSpeed states + online module + RNG states + `client_state` (the driver's: data position,
+        step, its own RNG), written to `.<name>.tmp` beside `directory` and renamed when every rank
+        has finished. All ranks must see the same filesystem path (one node, or shared storage)."""
+        import ray
+
+        tmp = str(staging_dir(Path(directory)))
+        ray.get([r.save_checkpoint.remote(tmp, directory, client_state) for r in self.ranks])
+
+    def load_checkpoint(self, directory: str) -> dict:
+        """Restore a checkpoint saved by a group of the same size and ZeRO stage; returns its client_state."""
+        import ray
+
+        return ray.get([r.load_checkpoint.remote(directory) for r in self.ranks])[0]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for rank in getattr(self, "ranks", []):
+            ray.kill(rank)
+        self.ranks = []
+        if getattr(self, "_placement", None) is not None:
+            ray.util.remove_placement_group(self._placement)
+            self._placement = None
