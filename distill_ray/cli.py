@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSON output (default: MODEL/eval.json)")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("quickstart", help="the whole demo: data, models, train sft and kd students, compare")
+    p = sub.add_parser("quickstart", help="the whole demo: data, models, distill with every method through the pipeline, compare")
     p.add_argument("--out", default="local", help="root directory for data, models and runs")
     p.add_argument("--fast", action="store_true", help="tiny sizes (a smoke run, seconds to minutes)")
     p.set_defaults(func=_cmd_quickstart)

@@ -58,6 +58,7 @@ class LossConfig:
     ce_weight: float = 0.0  # weight of the cross-entropy term on dataset responses added to the divergence
     chunk_size: int = 1024  # tokens per chunk of the chunked (memory-bounded) loss
     topk: int = 64  # teacher top-k log-probabilities sent by a remote teacher (sparse loss)
+    chunked: bool = False  # compute D chunk by chunk from hidden states (no [B, T, V] logits; ZeRO <= 2 only)
 
 
 @dataclass
@@ -108,6 +109,8 @@ class TrainerConfig:
     num_cpus_per_worker: float = 1.0  # CPUs each trainer rank requests
     num_gpus_per_worker: float = 0.0  # GPUs each trainer rank requests
     zero_stage: Literal[0, 1, 2, 3] = 2  # DeepSpeed ZeRO stage
+    teacher_mode: Literal["replicated", "zero3", "zero3_offload", "remote"] = "replicated"  # where the frozen teacher lives: a copy per rank, ZeRO-3 partitioned (host-offloaded), or remote TeacherScorer actors sending top-k log-probs
+    num_teacher_scorers: int = 1  # teacher_mode=remote: TeacherScorer actors scoring the batches
     lr: float = 5e-4  # peak learning rate of the student
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_steps: int = 10  # linear warm-up steps
@@ -377,6 +380,15 @@ def validate(cfg: Config, where: _Where) -> None:
         )
     if cfg.rollout.max_staleness < 0:
         raise DistillError(f"{where('rollout.max_staleness')}: must be >= 0")
+    if cfg.method.name == "okd" and cfg.trainer.teacher_mode != "replicated":
+        raise DistillError(
+            f"{where('trainer.teacher_mode')}: okd trains an online module inside the teacher, which needs "
+            f"teacher_mode=replicated, got {cfg.trainer.teacher_mode}"
+        )
+    if cfg.loss.chunked and (cfg.trainer.zero_stage == 3 or cfg.trainer.teacher_mode.startswith("zero3")):
+        raise DistillError(f"{where('loss.chunked')}: needs whole output layers on every rank (zero_stage <= 2, teacher_mode=replicated)")
+    if cfg.trainer.num_teacher_scorers <= 0:
+        raise DistillError(f"{where('trainer.num_teacher_scorers')}: must be positive, got {cfg.trainer.num_teacher_scorers}")
     if cfg.method.combine_with != "none" and cfg.method.name != "okd":
         raise DistillError(f"{where('method.combine_with')}: only okd can be combined with sgo or switch")
 

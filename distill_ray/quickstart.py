@@ -1,8 +1,10 @@
 """The quickstart (`make demo`): the whole product on one machine, start to finish.
 
 1. `models init`: synthetic data, tokenizer, teacher (SFT) and student (SFT warm-up).
-2. Train students with each method in configs/quickstart.yaml from the same warm-up student.
-3. Evaluate teacher, warm-up student and each trained student on the test split; print a table.
+2. Distill a student with each method in METHODS through the distributed pipeline (a local
+   Ray in this process: DeepSpeed trainer ranks, rollout workers, the queue), every method
+   from the same warm-up student, with configs/quickstart.yaml plus the method's overrides.
+3. Evaluate the teacher and the warm-up student on the same test rows; print one table.
 """
 
 from __future__ import annotations
@@ -16,10 +18,17 @@ from distill_ray.eval.evaluate import evaluate_model, write_json
 from distill_ray.models.build import count_parameters, load_causal_lm
 from distill_ray.models.local import LocalModelsSpec, init_local_models
 from distill_ray.models.tokenizer import load_tokenizer
-from distill_ray.pipeline.local_run import run_local
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
-METHODS = ("sft", "kd")
+
+# method -> its settings on top of configs/quickstart.yaml (the rest is shared)
+METHODS: dict[str, list[str]] = {
+    "sft": ["method.name=sft"],
+    "kd": ["method.name=kd"],
+    "sgo": ["method.name=sgo", "method.lambda_on=1.0", "loss.divergence=jsd"],
+    "switch": ["method.name=switch", "loss.divergence=jsd"],
+    "okd": ["method.name=okd"],
+}
 
 
 def _config_path() -> Path:
@@ -30,7 +39,11 @@ def _config_path() -> Path:
     return Path(str(importlib.resources.files("distill_ray") / "configs" / "quickstart.yaml"))
 
 
-def run_quickstart(out_dir: str = "local", fast: bool = False) -> dict:
+def run_quickstart(out_dir: str = "local", fast: bool = False, methods: list[str] | None = None) -> dict:
+    import ray
+
+    from distill_ray.pipeline.driver import connect_ray, run
+
     t_all = time.perf_counter()
     spec = LocalModelsSpec(out_dir=out_dir)
     if fast:  # a smoke run: tiny data and few steps (quality is not the point)
@@ -48,42 +61,53 @@ def run_quickstart(out_dir: str = "local", fast: bool = False) -> dict:
         f"data.test={paths['data']}/test.jsonl",
     ]
     if fast:
-        base += ["trainer.max_steps=5", "eval.max_examples=20", "eval.max_new_tokens=64"]
+        base += ["trainer.max_steps=4", "eval.max_examples=16", "eval.max_new_tokens=48", "rollout.max_new_tokens=48"]
     rows = {}
-    print("== 2/3 distilling students", flush=True)
-    for method in METHODS:
-        cfg = load_config(_config_path(), base + [f"method.name={method}", f"trainer.output_dir={root}/runs/{method}"])
-        print(f"-- {method}", flush=True)
-        t0 = time.perf_counter()
-        result = run_local(cfg)
-        rows[f"{method} student"] = {"eval": result["test"], "seconds": time.perf_counter() - t0}
+    print("== 2/3 distilling students through the pipeline (local Ray)", flush=True)
+    cfg = None
+    try:
+        for method in methods or list(METHODS):
+            cfg = load_config(_config_path(), base + METHODS[method] + [f"trainer.output_dir={root}/runs/{method}"])
+            connect_ray(cfg)  # once: later runs find it started
+            print(f"-- {method}", flush=True)
+            t0 = time.perf_counter()
+            result = run(cfg)
+            rows[f"{method} student"] = {"eval": result["test"], "seconds": time.perf_counter() - t0,
+                                         "train_seconds": result["train_seconds"]}
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
 
     print("== 3/3 evaluating teacher and warm-up student", flush=True)
     tokenizer = load_tokenizer(paths["student"])
     test, _ = prepare_split(cfg.data, tokenizer, cfg.data.test, shuffle=False, max_rows=cfg.eval.max_examples or None)
-    params = {}
+    params, reference = {}, {}
     for name, path in (("teacher", paths["teacher"]), ("warm-up student (SFT)", paths["student"])):
         model = load_causal_lm(path)
         params[name] = count_parameters(model)
-        t0 = time.perf_counter()
         res = evaluate_model(model, tokenizer, test, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
-        rows = {name: {"eval": res, "seconds": None}, **rows} if name == "teacher" else {**rows, name: {"eval": res, "seconds": None}}
+        reference[name] = {"eval": res, "seconds": None, "train_seconds": None}
+    rows = {"teacher": reference["teacher"], **rows, "warm-up student (SFT)": reference["warm-up student (SFT)"]}
     student_params = params["warm-up student (SFT)"]
     print()
     print(f"teacher {params['teacher'] / 1e6:.2f}M parameters, student {student_params / 1e6:.2f}M "
-          f"({params['teacher'] / student_params:.1f}x smaller); test rows: {len(test)}")
-    header = f"{'model':<24}{'exact match':>12}{'ROUGE-L':>9}{'mean len':>10}{'train time':>12}"
+          f"({params['teacher'] / student_params:.1f}x smaller); test rows: {len(test)}; "
+          f"{cfg.trainer.max_steps} steps of {cfg.trainer.batch_size} sequences per method")
+    header = f"{'model':<24}{'exact match':>12}{'ROUGE-L':>9}{'mean len':>10}{'train time':>12}{'wall time':>11}"
     print(header)
     print("-" * len(header))
     for name, row in rows.items():
         o = row["eval"]["overall"]
-        secs = "-" if row["seconds"] is None else f"{row['seconds']:.0f}s"
-        print(f"{name:<24}{o['exact_match']:>12.3f}{o['rouge_l']:>9.3f}{o['mean_length']:>10.1f}{secs:>12}")
+        train = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.0f}s"
+        wall = "-" if row["seconds"] is None else f"{row['seconds']:.0f}s"
+        print(f"{name:<24}{o['exact_match']:>12.3f}{o['rouge_l']:>9.3f}{o['mean_length']:>10.1f}{train:>12}{wall:>11}")
     summary = {
         "parameters": params,
-        "rows": {k: {"overall": v["eval"]["overall"], "by_length": v["eval"]["by_length"], "seconds": v["seconds"]} for k, v in rows.items()},
+        "rows": {k: {"overall": v["eval"]["overall"], "by_length": v["eval"]["by_length"], "seconds": v["seconds"],
+                     "train_seconds": v["train_seconds"]} for k, v in rows.items()},
         "total_seconds": time.perf_counter() - t_all,
     }
     write_json(root / "quickstart.json", summary)
     print(f"\nquickstart finished in {summary['total_seconds']:.0f}s; results in {root / 'quickstart.json'}")
+    print("train time: the training loop; wall time: the whole run (actors, training, export, test evaluation)")
     return summary

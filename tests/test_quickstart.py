@@ -7,7 +7,8 @@ import pytest
 
 @pytest.mark.slow
 def test_quickstart_fast_runs_end_to_end(tmp_path):
-    """`distill-ray quickstart --fast`: every stage runs and the summary has every row."""
+    """`distill-ray quickstart --fast`: every stage runs, every method goes through the pipeline,
+    and the summary has every row."""
     proc = subprocess.run(
         [sys.executable, "-m", "distill_ray.cli", "quickstart", "--fast", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=900,
@@ -15,7 +16,11 @@ def test_quickstart_fast_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "exact match" in proc.stdout and "kd student" in proc.stdout
     summary = json.loads((tmp_path / "quickstart.json").read_text())
-    assert set(summary["rows"]) == {"teacher", "sft student", "kd student", "warm-up student (SFT)"}
+    methods = ("sft", "kd", "sgo", "switch", "okd")
+    assert set(summary["rows"]) == {"teacher", "warm-up student (SFT)", *(f"{m} student" for m in methods)}
+    for m in methods:
+        assert (tmp_path / "runs" / m / "student" / "config.json").is_file()
+        assert summary["rows"][f"{m} student"]["train_seconds"] > 0
     assert summary["parameters"]["teacher"] >= 10 * summary["parameters"]["warm-up student (SFT)"]
     for row in summary["rows"].values():
         assert 0.0 <= row["overall"]["exact_match"] <= 1.0 and 0.0 <= row["overall"]["rouge_l"] <= 1.0

@@ -103,3 +103,24 @@ def load_online_module(teacher: PreTrainedModel, directory: str | Path, trainabl
     if not (Path(directory) / "adapter_config.json").exists():
         raise DistillError(f"online module: no PEFT adapter at {directory} (adapter_config.json missing)")
     return PeftModel.from_pretrained(teacher, str(directory), is_trainable=trainable)
+
+
+def merged_layer_weights(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The adapted layers' weights with the module merged in (W + scale * B @ A), under the base
+    model's own HF names ("model.layers.3.self_attn.q_proj.weight").
+
+    What a plain (adapter-less) copy of the teacher elsewhere, such as a SWITCH rollout worker's,
+    loads with `load_state_dict(strict=False)` to generate as the adapted teacher.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    out: dict[str, torch.Tensor] = {}
+    prefix = "base_model.model."
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base = module.get_base_layer()
+        delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
+        key = name[len(prefix):] if name.startswith(prefix) else name
+        out[f"{key}.weight"] = (base.weight.detach() + delta.detach().to(base.weight.dtype)).cpu()
+    return out

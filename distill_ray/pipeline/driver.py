@@ -11,15 +11,15 @@ the rollout workers, generated asynchronously with bounded staleness.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
+from distill_ray.batch import RolloutBatch
 from distill_ray.config import Config, to_dict
 from distill_ray.data.encoding import Encoded
 from distill_ray.data.prepare import prepare_split
@@ -85,12 +85,30 @@ def teacher_generated_rows(cfg: Config, rows: list[Encoded], pad_id: int, eos_id
     return out
 
 
+def check_teacher_tokenizer(cfg: Config, tokenizer) -> None:
+    """Logit distillation compares distributions token by token: refuse a teacher whose own
+    tokenizer differs from the student's (before any actor starts)."""
+    from distill_ray.losses.divergences import check_same_tokenizer
+
+    if cfg.method.name == "sft":
+        return
+    try:
+        teacher_tokenizer = load_tokenizer(cfg.model.teacher)
+    except DistillError:
+        return  # a teacher directory without tokenizer files: nothing to compare against
+    try:
+        check_same_tokenizer(teacher_tokenizer, tokenizer)
+    except DistillError as exc:
+        raise DistillError(f"model.teacher={cfg.model.teacher}: {exc}") from None
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     ckpts = sorted((out / "checkpoints").glob("step_*")) if (out / "checkpoints").is_dir() else []
     return ckpts[-1] if ckpts else None
 
 
 def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
+    """Train a student with `cfg.method` on the Ray cluster; returns a summary (also result.json)."""
     method = cfg.method.name
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,13 +118,14 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
     # ---- data
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.student)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    check_teacher_tokenizer(cfg, tokenizer)
     train, report = prepare_split(cfg.data, tokenizer, cfg.data.train, shuffle=True, max_rows=cfg.data.max_rows)
     say(f"[run] {cfg.data.train}: {report}")
     validation = None
     if cfg.data.validation and cfg.trainer.eval_every:
         validation, _ = prepare_split(cfg.data, tokenizer, cfg.data.validation, shuffle=False, max_rows=cfg.eval.max_examples or None)
 
-    # ---- actors
+    # ---- actors: trainer group, rollout workers + queue (on-policy methods), teacher scorers (remote teacher)
     from distill_ray.pipeline.rollout_loop import RolloutPipeline, lambda_on_rng
     from distill_ray.trainer.group import TrainerGroup
 
@@ -116,26 +135,31 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
         say("[run] seqkd: the teacher generates the training responses once")
         train = teacher_generated_rows(cfg, train, pad_id, eos_id)
     trainer = TrainerGroup(cfg)
-    start_step, position, rng_state = 1, DataPosition(), None
+    start_step, positions, rng_state = 1, {}, None
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
         state = trainer.load_checkpoint(str(ckpt))
-        start_step, position = state["step"] + 1, DataPosition(**state["position"])
-        rng_state = state.get("lambda_rng")
+        start_step, positions, rng_state = state["step"] + 1, state["positions"], state.get("lambda_rng")
         say(f"[run] resumed from {ckpt} at step {start_step}")
     elif resume:
         say(f"[run] --resume: no checkpoint in {out / 'checkpoints'}; starting from step 1")
-    stream = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed, position)
-    rollout = RolloutPipeline(cfg, stream, pad_id, eos_id, switch=(method == "switch" or cfg.method.combine_with == "switch")) if uses_rollout(cfg) else None
-    if rollout is not None and start_step > 1:
-        rollout.sync_weights(trainer.student_state_safetensors(), start_step - 1)
+    # dataset rows and rollout prompts come from two independent streams, so each resumes exactly
+    data_stream = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed, DataPosition(**positions.get("data", {})))
+    rollout = None
+    if uses_rollout(cfg):
+        prompts = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed + 1, DataPosition(**positions.get("prompts", {})))
+        rollout = RolloutPipeline(cfg, prompts, pad_id, eos_id, switch=(method == "switch" or cfg.method.combine_with == "switch"))
+        if start_step > 1:
+            rollout.sync_weights(trainer.student_state_safetensors(), start_step - 1, trainer.teacher_merged_safetensors())
+    scorers = TeacherScorers(cfg) if trainer.reports[0].teacher == "remote" else None
     mix = lambda_on_rng(cfg.trainer.seed)
     if rng_state is not None:
         mix.setstate(rng_state)
-    say(f"[run] {method}: {cfg.trainer.num_workers} trainer rank(s), "
-        f"{cfg.rollout.num_workers if rollout else 0} rollout worker(s), built in {time.perf_counter() - t_build:.0f}s")
+    say(f"[run] {method}: {cfg.trainer.num_workers} trainer rank(s) (ZeRO-{cfg.trainer.zero_stage}, teacher "
+        f"{trainer.reports[0].teacher}), {cfg.rollout.num_workers if rollout else 0} rollout worker(s) "
+        f"({cfg.rollout.backend}), built in {time.perf_counter() - t_build:.0f}s")
 
-    # ---- loop
+    # ---- loop: batch -> (teacher scores) -> train step -> weight sync -> eval -> checkpoint
     logger = MetricsLogger(out, cfg.logging, to_dict(cfg))
     history: list[dict] = []
     t_loop = time.perf_counter()
@@ -147,24 +171,29 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
             if on_policy:
                 batch, extra = rollout.next_batch(version)
             else:
-                batch, extra = dataset_batch(stream.next_rows(), pad_id), {}
+                batch, extra = dataset_batch(data_stream.next_rows(), pad_id), {}
+            if scorers is not None:
+                batch = scorers.score(batch)
             extra["timing/get_batch"] = time.perf_counter() - t0
             metrics = trainer.train_step(batch)
             metrics.update(extra)
             metrics.update({k: v for k, v in batch.metrics.items() if isinstance(v, (int, float))})
-            metrics["policy_version"] = float(batch.policy_version)
+            metrics["policy_version"], metrics["trainer_version"] = float(batch.policy_version), float(version)
+            metrics["on_policy"] = float(on_policy)
             if rollout is not None and step % cfg.rollout.sync_every == 0:
                 t_sync = time.perf_counter()
-                blob = trainer.student_state_safetensors()
-                rollout.sync_weights(blob, step)
+                rollout.sync_weights(trainer.student_state_safetensors(), step, trainer.teacher_merged_safetensors())
                 metrics["timing/weight_sync"] = time.perf_counter() - t_sync
             if validation and step % cfg.trainer.eval_every == 0:
                 metrics.update(_validate(cfg, trainer, tokenizer, validation))
-            if cfg.trainer.save_every and step % cfg.trainer.save_every == 0:
+            if (cfg.trainer.save_every and step % cfg.trainer.save_every == 0) or step == cfg.trainer.max_steps:
                 t_ckpt = time.perf_counter()
+                positions = {"data": asdict(data_stream.position)}
+                if rollout is not None:
+                    positions["prompts"] = asdict(rollout.resume_position())
                 trainer.save_checkpoint(
                     str(out / "checkpoints" / f"step_{step:06d}"),
-                    {"step": step, "position": asdict(stream.position), "lambda_rng": mix.getstate()},
+                    {"step": step, "positions": positions, "lambda_rng": mix.getstate()},
                 )
                 metrics["timing/checkpoint"] = time.perf_counter() - t_ckpt
             metrics["timing/step_total"] = time.perf_counter() - t0
@@ -178,10 +207,14 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
     # ---- export and final evaluation
     trainer.export_student(str(out / "student"))
     result = {"method": method, "train_seconds": train_seconds, "steps": len(history), "student_dir": str(out / "student"),
-              "losses": [h["loss"] for h in history], "placement": {"rollout": rollout.placement if rollout else []}}
+              "losses": [h["loss"] for h in history],
+              "placement": {"trainer": [dataclasses.asdict(r) for r in trainer.reports],
+                            "rollout": rollout.placement if rollout else []}}
     if rollout is not None:
-        result["rollout_dropped_stale"] = rollout.dropped
+        result["rollout_dropped_stale"], result["rollout_restarts"] = rollout.dropped, rollout.restarts
         rollout.shutdown()
+    if scorers is not None:
+        scorers.shutdown()
     trainer.shutdown()
     if cfg.data.test:
         from distill_ray.models.build import load_causal_lm
@@ -194,6 +227,40 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
         say(format_table({f"{method} student": res}))
     write_json(out / "result.json", result)
     return result
+
+
+class TeacherScorers:
+    """`trainer.teacher_mode=remote`: TeacherScorer actors that attach the teacher's top-k
+    log-probabilities to every batch, round robin, so the trainer ranks hold no teacher."""
+
+    def __init__(self, cfg: Config):
+        import ray
+
+        from distill_ray.rollout.workers import EngineConfig, create_teacher_scorer
+
+        self.k = cfg.loss.topk
+        engine = EngineConfig(backend=cfg.rollout.backend, dtype=cfg.model.dtype,
+                              torch_threads=max(1, int(cfg.rollout.num_cpus_per_worker)))
+        self.actors = [
+            create_teacher_scorer(cfg.model.teacher, engine=engine, num_cpus=cfg.rollout.num_cpus_per_worker,
+                                  num_gpus=cfg.rollout.num_gpus_per_worker, resources=cfg.cluster.rollout_resources or None)
+            for _ in range(cfg.trainer.num_teacher_scorers)
+        ]
+        ray.get([a.ready.remote() for a in self.actors])
+        self._turn = 0
+
+    def score(self, batch: RolloutBatch) -> RolloutBatch:
+        import ray
+
+        actor = self.actors[self._turn % len(self.actors)]
+        self._turn += 1
+        return ray.get(actor.score_batch.remote(batch, self.k))
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
 
 
 def _validate(cfg: Config, trainer, tokenizer, rows: list[Encoded]) -> dict[str, float]:

@@ -58,6 +58,10 @@ def run_local(cfg: Config, quiet: bool = False) -> dict:
 
     student = load_causal_lm(cfg.model.student)
     teacher = load_causal_lm(cfg.model.teacher) if method == "kd" else None
+    if teacher is not None:
+        from distill_ray.pipeline.driver import check_teacher_tokenizer
+
+        check_teacher_tokenizer(cfg, tokenizer)
     if teacher is not None and teacher.config.vocab_size < len(tokenizer):
         raise DistillError("model.teacher: its vocabulary is smaller than the tokenizer's; teacher and student must share a tokenizer")
     if not quiet:

@@ -50,7 +50,7 @@ class MetricsLogger:
         parts = [f"step {step}/{max_steps}", f"loss {metrics.get('loss', float('nan')):.4f}"]
         if "tokens_per_s" in metrics:
             parts.append(f"{metrics['tokens_per_s']:.0f} tok/s")
-        for key, label in (("queue/depth", "queue"), ("staleness/mean", "staleness"), ("switch/teacher_fraction", "teacher tok")):
+        for key, label in (("queue/depth", "queue"), ("staleness", "staleness"), ("switch/teacher_fraction", "teacher tok")):
             if key in metrics:
                 parts.append(f"{label} {metrics[key]:.2f}")
         parts.append(f"{time.perf_counter() - self._t0:.0f}s")

@@ -1,35 +1,53 @@
 """Rollout workers feeding the trainer through a bounded Ray queue, with bounded staleness.
 
-    driver --prompts--> RolloutWorker.generate --RolloutBatch--> ray.util.queue.Queue --> driver/trainer
+    driver --prompts--> RolloutWorker.generate_into --RolloutBatch--> ray.util.queue.Queue --> driver/trainer
 
 Staleness is bounded by construction: at most `ahead` generation requests are in flight
 beyond the one being consumed, and weight updates are submitted to every worker before any
 later request, so a batch consumed at trainer version V was generated with weights of version
 >= V - ahead - (sync_every - 1) (`RolloutConfig.max_staleness`). Every batch is checked on
-receipt all the same, and one that is too old is dropped and its prompts generated again.
+receipt all the same, and one that is too old is dropped and the same prompts generated again.
+
+No prompt is lost: a request whose worker died is sent again, with the same prompts and the
+same sampling seed, to a replacement worker that first loads the latest weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import time
+from dataclasses import dataclass
 
 import ray
-from ray.util.queue import Queue
+from ray.util.queue import Empty, Queue
 
 from distill_ray.batch import RolloutBatch
 from distill_ray.config import Config
+from distill_ray.data.encoding import Encoded
 from distill_ray.errors import DistillError
-from distill_ray.pipeline.sources import PromptStream
+from distill_ray.pipeline.sources import DataPosition, PromptStream
 from distill_ray.rollout.sampling import SamplingConfig
 from distill_ray.rollout.workers import EngineConfig, SwitchParams, create_rollout_worker
 
 
-@ray.remote(num_cpus=0)
-def _deliver(queue: Queue, batch: RolloutBatch) -> None:
-    """Move a finished batch into the queue (Ray resolves `batch` once the worker is done)."""
-    queue.put(batch)
+@dataclass
+class GenerationFailed:
+    """A request whose worker raised or died (seen through the ObjectRef its call returned)."""
+
+    request_id: int
+    error: str
+
+
+@dataclass
+class _Request:
+    rows: list[Encoded]
+    position: DataPosition  # the prompt stream's position before these rows were taken
+    seed: int
+    worker: int  # index into RolloutPipeline.workers
+    attempts: int = 1
+    ref: ray.ObjectRef | None = None  # the worker call's result: its request id, or its error
 
 
 def requests_ahead(cfg: Config) -> int:
@@ -46,54 +64,106 @@ def requests_ahead(cfg: Config) -> int:
 class RolloutPipeline:
     """The rollout side of a run: N `RolloutWorker` actors, a bounded queue, the request schedule."""
 
+    MAX_ATTEMPTS = 3  # a request that fails this often stops the run (a bug, not a lost node)
+
     def __init__(self, cfg: Config, stream: PromptStream, pad_id: int, eos_id: int, switch: bool):
         self.cfg, self.stream, self.switch = cfg, stream, switch
         self.ahead = requests_ahead(cfg)
-        self.queue = Queue(maxsize=max(cfg.rollout.queue_size, self.ahead + 1))
-        engine = EngineConfig(
+        self.queue = Queue(maxsize=max(cfg.rollout.queue_size, self.ahead + 1), actor_options={"num_cpus": 0})
+        self._engine = EngineConfig(
             backend=cfg.rollout.backend,
             dtype=cfg.model.dtype,
             eos_token_id=eos_id,
             pad_token_id=pad_id,
             torch_threads=max(1, int(cfg.rollout.num_cpus_per_worker)),
         )
-        switch_params = SwitchParams(
+        self._switch_params = SwitchParams(
             tau0=cfg.method.switch.tau0, decay=cfg.method.switch.decay, draft_tokens=cfg.method.switch.draft_tokens
         )
-        self.workers = [
-            create_rollout_worker(
-                cfg.model.student,
-                engine=engine,
-                teacher=cfg.model.teacher if switch else None,
-                switch=switch_params if switch else None,
-                num_cpus=cfg.rollout.num_cpus_per_worker,
-                num_gpus=cfg.rollout.num_gpus_per_worker,
-                resources=cfg.cluster.rollout_resources or None,
-            )
-            for _ in range(cfg.rollout.num_workers)
-        ]
+        self.workers = [self._new_worker() for _ in range(cfg.rollout.num_workers)]
         self.placement = ray.get([w.ready.remote() for w in self.workers])
         self._next_worker = itertools.cycle(range(len(self.workers)))
-        self._request_id = 0
-        self.in_flight = 0
-        self.dropped = 0
-        self._pending_sync: list = []
+        self._requests: dict[int, _Request] = {}  # in flight, by id
+        self._next_id = 0
+        self.dropped = 0  # batches too stale to train on (their prompts were generated again)
+        self.restarts = 0  # workers replaced after dying
+        self._weights: tuple[ray.ObjectRef, int] | None = None  # latest student weights, for replacements
+        self._teacher_weights: ray.ObjectRef | None = None  # latest OKD-adapted teacher layers
 
-    def _issue(self) -> None:
-        rows = self.stream.next_rows()
-        worker = self.workers[next(self._next_worker)]
-        sampling = SamplingConfig(
-            temperature=self.cfg.rollout.temperature,
-            top_p=self.cfg.rollout.top_p,
-            max_new_tokens=self.cfg.rollout.max_new_tokens,
-            samples_per_prompt=self.cfg.rollout.samples_per_prompt,
-            seed=self.cfg.trainer.seed * 1_000_003 + self._request_id,  # fresh, reproducible draws per request
+    def _new_worker(self):
+        rc = self.cfg.rollout
+        return create_rollout_worker(
+            self.cfg.model.student,
+            engine=self._engine,
+            teacher=self.cfg.model.teacher if self.switch else None,
+            switch=self._switch_params if self.switch else None,
+            num_cpus=rc.num_cpus_per_worker,
+            num_gpus=rc.num_gpus_per_worker,
+            resources=self.cfg.cluster.rollout_resources or None,
         )
-        prompts, index = [r.prompt_ids for r in rows], [r.index for r in rows]
-        generate = worker.generate_switch if self.switch else worker.generate
-        _deliver.remote(self.queue, generate.remote(prompts, index, sampling))
-        self._request_id += 1
-        self.in_flight += 1
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._requests)
+
+    def _submit(self, request_id: int) -> None:
+        req = self._requests[request_id]
+        rc = self.cfg.rollout
+        sampling = SamplingConfig(
+            temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens,
+            samples_per_prompt=rc.samples_per_prompt, seed=req.seed,
+        )
+        # the worker puts the batch into the queue itself: one hop, and FIFO per worker
+        req.ref = self.workers[req.worker].generate_into.remote(
+            self.queue, request_id, [r.prompt_ids for r in req.rows], [r.index for r in req.rows], sampling, self.switch
+        )
+
+    def _failures(self) -> list[GenerationFailed]:
+        """Requests whose worker call ended in an error (raised, or the actor died)."""
+        refs = [r.ref for r in self._requests.values()]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        failed = []
+        for request_id, req in list(self._requests.items()):
+            if req.ref in done:
+                try:
+                    ray.get(req.ref)
+                except Exception as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    failed.append(GenerationFailed(request_id, f"{type(exc).__name__}: {first}"))
+        return failed
+
+    def _issue(self, again: _Request | None = None) -> None:
+        request_id = self._next_id
+        self._next_id += 1
+        position = again.position if again else dataclasses.replace(self.stream.position)
+        self._requests[request_id] = _Request(
+            rows=again.rows if again else self.stream.next_rows(),
+            position=position,
+            seed=self.cfg.trainer.seed * 1_000_003 + request_id,  # fresh, reproducible draws per request
+            worker=next(self._next_worker),
+        )
+        self._submit(request_id)
+
+    def _recover(self, failure: GenerationFailed) -> None:
+        """The request's worker failed: replace it if it died, then send the same request again."""
+        req = self._requests[failure.request_id]
+        if req.attempts >= self.MAX_ATTEMPTS:
+            raise DistillError(f"rollout: request {failure.request_id} failed {req.attempts} times; last: {failure.error}")
+        print(f"[rollout] request {failure.request_id} failed on worker {req.worker}: {failure.error}", flush=True)
+        worker = self.workers[req.worker]
+        try:
+            ray.get(worker.ready.remote(), timeout=60)
+        except Exception:
+            print(f"[rollout] worker {req.worker} died ({failure.error}); starting a replacement", flush=True)
+            replacement = self._new_worker()
+            if self._weights is not None:
+                ray.get(replacement.load_weights.remote(*self._weights))
+            if self._teacher_weights is not None:
+                ray.get(replacement.load_teacher_weights.remote(self._teacher_weights))
+            self.workers[req.worker] = replacement
+            self.restarts += 1
+        req.attempts += 1
+        self._submit(failure.request_id)
 
     def next_batch(self, version: int) -> tuple[RolloutBatch, dict[str, float]]:
         """The next generated batch for the trainer at `version`; blocks until one is ready."""
@@ -102,30 +172,57 @@ class RolloutPipeline:
             while self.in_flight < self.ahead + 1:
                 self._issue()
             depth = self.queue.qsize()
-            batch: RolloutBatch = self.queue.get()
-            self.in_flight -= 1
+            try:
+                item = self.queue.get(timeout=1.0)
+            except Empty:
+                for failure in self._failures():
+                    self._recover(failure)
+                continue
+            batch: RolloutBatch = item
+            request = self._requests.pop(int(batch.metrics.pop("request_id")))
             staleness = version - batch.policy_version
             if staleness <= self.cfg.rollout.max_staleness:
                 break
-            self.dropped += 1  # too old: generate these prompts again
+            self.dropped += 1  # too old: the same prompts are generated again, with current weights
+            self._issue(again=request)
         wait = time.perf_counter() - t0
         return batch, {
             "queue/depth": float(depth),
             "staleness": float(staleness),
             "staleness/dropped": float(self.dropped),
+            "rollout/restarts": float(self.restarts),
             "timing/rollout_wait": wait,
         }
 
-    def sync_weights(self, blob: bytes, version: int) -> float:
-        """Queue new student weights on every worker without waiting: a worker still generating
-        finishes its batch first, and every later request sees the new weights (an actor runs
-        one caller's calls in order). Returns the seconds spent here (serialising the blob)."""
+    def resume_position(self) -> DataPosition:
+        """Where a resumed run must start the prompt stream: before the oldest prompt not yet
+        trained on (in-flight requests are generated again after a resume)."""
+        if not self._requests:
+            return dataclasses.replace(self.stream.position)
+        oldest = min(self._requests.values(), key=lambda r: (r.position.epoch, r.position.offset))
+        return dataclasses.replace(oldest.position)
+
+    def sync_weights(self, blob: bytes, version: int, teacher_blob: bytes | None = None) -> float:
+        """Queue new student weights (and OKD-adapted teacher layers) on every worker without
+        waiting: a worker still generating finishes its batch first, and every later request
+        sees the new weights (an actor runs one caller's calls in order). Returns the seconds
+        spent here (putting the blobs in the object store)."""
         t0 = time.perf_counter()
         ref = ray.put(blob)
-        self._pending_sync = [w.load_weights.remote(ref, version) for w in self.workers]
+        self._weights = (ref, version)
+        for w in self.workers:
+            w.load_weights.remote(ref, version)
+        if teacher_blob is not None and self.switch:
+            self._teacher_weights = ray.put(teacher_blob)
+            for w in self.workers:
+                w.load_teacher_weights.remote(self._teacher_weights)
         return time.perf_counter() - t0
 
     def shutdown(self) -> None:
+        # let in-flight requests finish first, so no call is cut off by the kill
+        refs = [r.ref for r in self._requests.values() if r.ref is not None]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=30)
         for w in self.workers:
             ray.kill(w)
         self.queue.shutdown()

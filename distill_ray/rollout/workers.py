@@ -155,16 +155,43 @@ class RolloutWorker:
 
     def generate(self, prompts: list[list[int]], prompt_index: list[int], sampling: SamplingConfig) -> RolloutBatch:
         """Student samples for `prompts` (samples_per_prompt rows each), tagged with the policy version."""
-        return self._tag(self.engine.generate(prompts, sampling, prompt_index))
+        start = time.perf_counter()
+        return self._tag(self.engine.generate(prompts, sampling, prompt_index), start)
 
     def generate_switch(self, prompts: list[list[int]], prompt_index: list[int], sampling: SamplingConfig) -> RolloutBatch:
         """SWITCH sequences (writer_mask = teacher's tokens); needs a teacher at construction."""
         if self.switch is None:
             raise DistillError("rollout: this worker has no teacher; build it with teacher= or teacher_scorer=")
-        return self._tag(self._run_switch(prompts, sampling, prompt_index))
+        start = time.perf_counter()
+        return self._tag(self._run_switch(prompts, sampling, prompt_index), start)
 
-    def _tag(self, batch: RolloutBatch) -> RolloutBatch:
+    def generate_into(self, queue, request_id: int, prompts: list[list[int]], prompt_index: list[int],
+                      sampling: SamplingConfig, switch: bool = False) -> int:
+        """Generate (SWITCH when `switch`) and put the batch into `queue` (a ray.util.queue.Queue),
+        tagged with `request_id` in its metrics; returns the request id. The worker puts its own
+        batches in the order it made them, so the queue is FIFO per worker."""
+        batch = (self.generate_switch if switch else self.generate)(prompts, prompt_index, sampling)
+        batch.metrics["request_id"] = float(request_id)
+        queue.put(batch)
+        return request_id
+
+    def load_teacher_weights(self, blob: bytes) -> int:
+        """OKD combined with SWITCH: replace some of the local teacher's weights (safetensors
+        bytes, HF names; the online module merged into its layers) in place; returns how many tensors."""
+        from distill_ray.rollout.weights import bytes_to_state_dict
+
+        teacher = getattr(self.switch, "teacher", None)
+        if teacher is None:
+            raise DistillError("rollout: load_teacher_weights needs exact SWITCH with a local teacher (backend torch)")
+        state = bytes_to_state_dict(blob)
+        result = teacher.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise DistillError(f"rollout: teacher weights with unknown names {result.unexpected_keys[:3]}")
+        return len(state)
+
+    def _tag(self, batch: RolloutBatch, start: float) -> RolloutBatch:
         batch.policy_version = self.engine.policy_version
+        batch.metrics["timing/generate"] = time.perf_counter() - start  # this worker's busy time
         if self._reload_seconds is not None:  # the reload that preceded this batch
             batch.metrics["timing/weight_reload"] = self._reload_seconds
             self._reload_seconds = None

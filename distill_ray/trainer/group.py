@@ -74,10 +74,9 @@ DEEPSPEED_TAG = "deepspeed"  # sub-directory of a checkpoint holding DeepSpeed's
 def teacher_mode(cfg: Config) -> str:
     """The validated teacher placement; "none" when the method's loss does not use a teacher.
 
-    Read with getattr until config.py has `trainer.teacher_mode` (default "replicated"); the
-    group resolves it once, in the driver, and hands it to the ranks in `RankOptions`.
+    The group resolves it once, in the driver, and hands it to the ranks in `RankOptions`.
     """
-    mode = getattr(cfg.trainer, "teacher_mode", "replicated")
+    mode = cfg.trainer.teacher_mode
     if mode not in TEACHER_MODES:
         raise DistillError(f"trainer.teacher_mode: expected one of {TEACHER_MODES}, got {mode!r}")
     if not LossSpec.from_config(cfg).uses_teacher:
@@ -97,7 +96,7 @@ def uses_chunked_loss(cfg: Config) -> bool:
     on every rank: not with a ZeRO-3 student or a ZeRO-3 teacher (their output layers are
     partitioned and only gathered inside the model's own forward).
     """
-    if not getattr(cfg.loss, "chunked", False):
+    if not cfg.loss.chunked:
         return False
     if cfg.trainer.zero_stage == 3 or teacher_mode(cfg) in ("zero3", "zero3_offload"):
         raise DistillError(
@@ -470,6 +469,16 @@ class TrainerRank:
             return None
         return state_dict_to_bytes(self.online.state_dict())
 
+    def teacher_merged_safetensors(self) -> bytes | None:
+        """Rank 0: the teacher's adapted layers with the OKD module merged in (HF names), for a
+        rollout worker's plain teacher copy; None elsewhere or without a module."""
+        from distill_ray.models.online import merged_layer_weights
+        from distill_ray.rollout.weights import state_dict_to_bytes
+
+        if self.online is None or self.rank != 0:
+            return None
+        return state_dict_to_bytes(merged_layer_weights(self.online.teacher))
+
     def export_student(self, directory: str) -> str | None:
         """Rank 0 writes an HF model directory (+ tokenizer), atomically; returns its path."""
         state = self._full_student_state()
@@ -660,6 +669,12 @@ class TrainerGroup:
         import ray
 
         return ray.get(self.ranks[0].online_module_safetensors.remote())
+
+    def teacher_merged_safetensors(self) -> bytes | None:
+        """The OKD-adapted teacher layers (module merged in, HF names) as safetensors bytes; None without okd."""
+        import ray
+
+        return ray.get(self.ranks[0].teacher_merged_safetensors.remote())
 
     def export_student(self, directory: str) -> str:
         """An HF directory (config, safetensors weights, tokenizer) that transformers and vLLM load."""

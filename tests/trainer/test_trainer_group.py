@@ -261,7 +261,7 @@ def test_zero3_checkpoint_resume_continues_with_the_same_losses(zero3_kd):
 def okd_run(ray_local, tiny_local, fixed_batch, tmp_path_factory):
     """OKD with the chunked loss (student and module), checkpointed and resumed."""
     cfg = make_cfg(tiny_local, method="okd", zero_stage=2)
-    cfg.loss.chunked = True  # not yet a config field: the group reads it with getattr
+    cfg.loss.chunked = True
     out = tmp_path_factory.mktemp("okd")
     rec: dict = {}
     group = TrainerGroup(cfg)

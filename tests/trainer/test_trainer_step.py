@@ -242,7 +242,7 @@ def test_teacher_mode_and_chunked_loss_options():
     cfg.method.name = "sft"
     assert teacher_mode(cfg) == "none"  # its loss does not use a teacher: none is loaded
     cfg.method.name = "okd"
-    cfg.trainer.teacher_mode = "zero3"  # not yet a config field: read with getattr
+    cfg.trainer.teacher_mode = "zero3"
     with pytest.raises(DistillError, match="okd"):
         teacher_mode(cfg)
     cfg.method.name = "kd"
