@@ -139,7 +139,9 @@ class RolloutPipeline:
         self._requests[request_id] = _Request(
             rows=again.rows if again else self.stream.next_rows(),
             position=position,
-            seed=self.cfg.trainer.seed * 1_000_003 + request_id,  # fresh, reproducible draws per request
+            # keyed by where the prompts sit in the stream, not by request count, so a resumed run
+            # draws the same samples for the same prompts as an uninterrupted one
+            seed=(self.cfg.trainer.seed * 1_000_003 + position.epoch * 10_007) * 100_003 + position.offset,
             worker=next(self._next_worker),
         )
         self._submit(request_id)
