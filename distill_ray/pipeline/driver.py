@@ -11,7 +11,6 @@ the rollout workers, generated asynchronously with bounded staleness.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -208,7 +207,7 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
     trainer.export_student(str(out / "student"))
     result = {"method": method, "train_seconds": train_seconds, "steps": len(history), "student_dir": str(out / "student"),
               "losses": [h["loss"] for h in history],
-              "placement": {"trainer": [dataclasses.asdict(r) for r in trainer.reports],
+              "placement": {"trainer": [asdict(r) for r in trainer.reports],
                             "rollout": rollout.placement if rollout else []}}
     if rollout is not None:
         result["rollout_dropped_stale"], result["rollout_restarts"] = rollout.dropped, rollout.restarts

@@ -11,6 +11,7 @@ from distill_ray.models.build import ModelShape, build_causal_lm
 from distill_ray.models.online import (
     attach_online_module,
     load_online_module,
+    merged_layer_weights,
     online_module_parameters,
     online_module_report,
     save_online_module,
@@ -142,3 +143,21 @@ def test_should_update_module():
     assert all(should_update_module(s, 1) for s in range(5))
     with pytest.raises(DistillError):
         should_update_module(0, 0)
+
+
+def test_merged_layer_weights_make_a_plain_teacher_the_adapted_one():
+    """What a rollout worker's plain teacher loads (okd + switch) generates as the adapted teacher."""
+    adapted = attach_online_module(teacher(), rank=4)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)  # a trained module: B moved away from zero
+    merged = merged_layer_weights(adapted)
+    plain = teacher()
+    assert merged and set(merged) <= set(plain.state_dict())
+    result = plain.load_state_dict(merged, strict=False)
+    assert not result.unexpected_keys
+    ids = torch.randint(3, 100, (2, 12))
+    with torch.no_grad():
+        assert not torch.allclose(plain(ids).logits, teacher()(ids).logits, atol=1e-4)  # the module matters
+        torch.testing.assert_close(plain(ids).logits, adapted(input_ids=ids).logits, atol=1e-5, rtol=1e-5)

@@ -248,3 +248,22 @@ def test_a_teacher_with_another_tokenizer_is_refused_before_anything_starts(tiny
     cfg = make_cfg({**tiny_local, "teacher": str(teacher)}, tmp_path / "out", "kd")
     with pytest.raises(DistillError, match="tokenizers differ"):
         run(cfg, quiet=True)
+
+
+def test_a_killed_rollout_worker_is_replaced_and_its_prompts_generated_again(ray_local, tiny_local, tmp_path, fixed_rows):
+    from distill_ray.pipeline.rollout_loop import RolloutPipeline
+    from distill_ray.pipeline.sources import PromptStream
+
+    cfg = make_cfg(tiny_local, tmp_path, "sgo", rollout__max_staleness=1)
+    tokenizer = load_tokenizer(tiny_local["tokenizer"])
+    pipe = RolloutPipeline(cfg, PromptStream(fixed_rows, 8, seed=0), tokenizer.pad_token_id, tokenizer.eos_token_id, switch=False)
+    try:
+        ray_local.kill(pipe.workers[0])  # both requests of the two next_batch calls go to a dead worker
+        first, _ = pipe.next_batch(0)
+        second, extra = pipe.next_batch(0)
+    finally:
+        pipe.shutdown()
+    assert extra["rollout/restarts"] == 1.0
+    # the 16 rows, each generated exactly once: none lost, none twice
+    got = first.prompt_index.tolist() + second.prompt_index.tolist()
+    assert sorted(got) == sorted(r.index for r in fixed_rows)
