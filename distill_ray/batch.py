@@ -156,6 +156,21 @@ class RolloutBatch:
         position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
 
+    def with_teacher_topk(self, ids: torch.Tensor, logprobs: torch.Tensor, metrics: dict[str, float]) -> "RolloutBatch":
+        """This batch with the teacher's top-k attached, from any teacher source (TeacherScorer, the
+        teacher scoring service); `metrics` are added to the batch's.
+
+        ids / logprobs: [B, R', k] with R' the longest real response (as `score_topk` returns them);
+        padded with zeros to the batch's R columns. Adds "teacher/topk_mass": the mean probability
+        the top-k cover at real response positions (what the sparse loss's tail bucket does not hold).
+        """
+        R = self.response_ids.shape[1]
+        ids = torch.nn.functional.pad(ids, (0, 0, 0, R - ids.shape[1]))  # [B, R, k]
+        logprobs = torch.nn.functional.pad(logprobs, (0, 0, 0, R - logprobs.shape[1]))
+        mass = logprobs.exp().sum(-1)[self.response_mask]
+        merged = {**self.metrics, **metrics, "teacher/topk_mass": float(mass.mean()) if mass.numel() else 0.0}
+        return dataclasses.replace(self, teacher_topk_ids=ids, teacher_topk_logprobs=logprobs, metrics=merged)
+
     # ------------------------------------------------------------------ moving and combining
 
     def to(self, device: torch.device | str) -> "RolloutBatch":

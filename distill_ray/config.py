@@ -30,6 +30,7 @@ class ModelConfig:
     student: str = "local/models/student"  # student to train: HF model name or directory (initial weights)
     tokenizer: str | None = None  # tokenizer name or directory; None means the student's
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # training/inference dtype (bf16 on GPU)
+    teacher_endpoint: str | None = None  # URL of a teacher scoring service (deploy/teacher.yaml, e.g. http://127.0.0.1:8000/teacher); with trainer.teacher_mode=remote the batches' teacher top-k come from it instead of TeacherScorer actors (bearer token: $DISTILL_RAY_SERVE_TOKEN)
 
 
 @dataclass
@@ -45,6 +46,8 @@ class DataConfig:
     max_prompt_tokens: int = 128  # prompts longer than this are skipped or truncated (see too_long)
     max_response_tokens: int = 256  # responses longer than this are skipped or truncated (see too_long)
     too_long: Literal["skip", "truncate"] = "skip"  # what to do with over-long rows (counted and reported either way)
+    max_row_bytes: int = 1_000_000  # a JSONL line longer than this is a bad row (not parsed)
+    bad_rows: Literal["error", "skip"] = "error"  # malformed, oversized or invalid rows: stop with file:line, or skip them (counted and reported)
     max_rows: int | None = None  # use at most this many training rows (after shuffling); None: all
     shuffle_seed: int = 0  # seed of the deterministic shuffle of training rows
 
@@ -89,6 +92,15 @@ class MethodConfig:
 
 
 @dataclass
+class RolloutAutoscaleConfig:
+    enabled: bool = False  # change the number of rollout workers during the run, from the queue depth
+    min_workers: int = 1  # never fewer rollout workers than this
+    max_workers: int = 4  # never more; only max_staleness - sync_every + 2 requests are in flight, so more would idle
+    patience: int = 2  # consecutive steps with the same signal before a worker is added or removed
+    wait_threshold_s: float = 0.05  # the trainer waited longer than this on an empty queue: generation is behind
+
+
+@dataclass
 class RolloutConfig:
     backend: Literal["torch", "vllm"] = "torch"  # generation engine (torch is faster for tiny models on CPU)
     num_workers: int = 1  # rollout actors
@@ -101,6 +113,8 @@ class RolloutConfig:
     max_staleness: int = 1  # a batch may come from weights at most this many versions old (0: on-policy)
     queue_size: int = 4  # bounded queue between rollout and trainer (back-pressure)
     sync_every: int = 1  # push new student weights to rollout workers every this many steps
+    autoscale: RolloutAutoscaleConfig = field(default_factory=RolloutAutoscaleConfig)  # add/remove rollout workers during the run
+    fault_exit_on_call: int = 0  # TEST ONLY (fault injection, RELIABILITY.md): rollout worker 0's process exits inside its Nth generation call; replacements run clean (0: off)
 
 
 @dataclass
@@ -122,6 +136,8 @@ class TrainerConfig:
     seed: int = 0  # seed of model init, data order and sampling
     eval_every: int = 0  # evaluate on the validation split every this many steps (0: only at the end)
     save_every: int = 0  # checkpoint every this many steps (0: only at the end)
+    keep_checkpoints: int = 2  # keep the newest this many checkpoints in output_dir/checkpoints (0: all)
+    fail_after_step: int = 0  # TEST ONLY (fault injection, RELIABILITY.md): the driver SIGKILLs itself after logging step N (0: off)
     output_dir: str = "runs/default"  # checkpoints, metrics and the exported student go here
 
 
@@ -139,6 +155,9 @@ class ClusterConfig:
     num_cpus: int | None = None  # CPUs of the local Ray (None: detected)
     rollout_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources each rollout actor requests
     trainer_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources each trainer rank requests
+    trainer_placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # placement group strategy of the trainer ranks (PACK: fewest nodes, fastest all-reduce; STRICT_PACK: one node)
+    check_resources: bool = True  # fail at start when no node can hold a rollout worker or the trainer ranks (false: wait, e.g. for an autoscaler to add nodes)
+    placement_timeout_s: float = 600.0  # how long to wait for the trainer placement group on a busy cluster before failing
 
 
 @dataclass
@@ -348,6 +367,7 @@ def validate(cfg: Config, where: _Where) -> None:
         "rollout.sync_every": cfg.rollout.sync_every,
         "data.max_prompt_tokens": cfg.data.max_prompt_tokens,
         "data.max_response_tokens": cfg.data.max_response_tokens,
+        "data.max_row_bytes": cfg.data.max_row_bytes,
         "loss.chunk_size": cfg.loss.chunk_size,
         "loss.topk": cfg.loss.topk,
         "method.switch.draft_tokens": cfg.method.switch.draft_tokens,
@@ -368,6 +388,7 @@ def validate(cfg: Config, where: _Where) -> None:
         "loss.alpha": (cfg.loss.alpha, -1e-12, 1.0),
         "method.lambda_on": (cfg.method.lambda_on, -1e-12, 1.0),
         "method.okd.top_fraction": (cfg.method.okd.top_fraction, 0.0, 1.0),
+        "cluster.placement_timeout_s": (cfg.cluster.placement_timeout_s, 0.0, None),
     }
     for key, (value, lo, hi) in ranges.items():
         if value <= lo or (hi is not None and value > hi):
@@ -378,8 +399,21 @@ def validate(cfg: Config, where: _Where) -> None:
             f"{where('trainer.batch_size')}: {cfg.trainer.batch_size} is not divisible by "
             f"grad_accum * num_workers = {cfg.trainer.grad_accum * cfg.trainer.num_workers}"
         )
+    auto = cfg.rollout.autoscale
+    if auto.enabled and not (1 <= auto.min_workers <= cfg.rollout.num_workers <= auto.max_workers):
+        raise DistillError(
+            f"{where('rollout.autoscale')}: needs 1 <= min_workers <= rollout.num_workers <= max_workers, got "
+            f"{auto.min_workers} <= {cfg.rollout.num_workers} <= {auto.max_workers}"
+        )
+    if auto.patience <= 0:
+        raise DistillError(f"{where('rollout.autoscale.patience')}: must be positive, got {auto.patience}")
     if cfg.rollout.max_staleness < 0:
         raise DistillError(f"{where('rollout.max_staleness')}: must be >= 0")
+    for key, value in (("trainer.keep_checkpoints", cfg.trainer.keep_checkpoints),
+                       ("trainer.fail_after_step", cfg.trainer.fail_after_step),
+                       ("rollout.fault_exit_on_call", cfg.rollout.fault_exit_on_call)):
+        if value < 0:
+            raise DistillError(f"{where(key)}: must be >= 0, got {value}")
     if cfg.method.name == "okd" and cfg.trainer.teacher_mode != "replicated":
         raise DistillError(
             f"{where('trainer.teacher_mode')}: okd trains an online module inside the teacher, which needs "
@@ -389,6 +423,13 @@ def validate(cfg: Config, where: _Where) -> None:
         raise DistillError(f"{where('loss.chunked')}: needs whole output layers on every rank (zero_stage <= 2, teacher_mode=replicated)")
     if cfg.trainer.num_teacher_scorers <= 0:
         raise DistillError(f"{where('trainer.num_teacher_scorers')}: must be positive, got {cfg.trainer.num_teacher_scorers}")
+    if cfg.model.teacher_endpoint is not None:
+        if cfg.trainer.teacher_mode != "remote":
+            raise DistillError(f"{where('model.teacher_endpoint')}: a teacher service replaces the remote teacher; "
+                               f"it needs trainer.teacher_mode=remote, got {cfg.trainer.teacher_mode}")
+        if not cfg.model.teacher_endpoint.startswith(("http://", "https://")):
+            raise DistillError(f"{where('model.teacher_endpoint')}: expected an http:// or https:// URL, "
+                               f"got {cfg.model.teacher_endpoint!r}")
     if cfg.method.combine_with != "none" and cfg.method.name != "okd":
         raise DistillError(f"{where('method.combine_with')}: only okd can be combined with sgo or switch")
 

@@ -29,12 +29,22 @@ class LengthReport:
     skipped_prompt: int = 0  # prompt longer than max_prompt_tokens (skipped)
     skipped_response: int = 0  # response longer than max_response_tokens (skipped)
     truncated: int = 0  # rows truncated to fit (too_long="truncate")
+    skipped_context: int = 0  # prompt + response longer than the model's context (skipped)
+    context: int | None = None  # the model's context length the rows were checked against
+    skipped_bad: int = 0  # malformed, oversized or invalid rows skipped while loading (data.bad_rows="skip")
+    first_bad: str = ""  # the first of those: "file:line: reason"
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"kept {self.kept}, skipped {self.skipped_prompt} (prompt too long) + "
-            f"{self.skipped_response} (response too long), truncated {self.truncated}"
+            f"{self.skipped_response} (response too long)"
         )
+        if self.skipped_context:
+            text += f" + {self.skipped_context} (longer than the model's context of {self.context} tokens)"
+        text += f", truncated {self.truncated}"
+        if self.skipped_bad:
+            text += f", skipped {self.skipped_bad} bad row(s) (first: {self.first_bad})"
+        return text
 
 
 def apply_template(template: str, prompt: str) -> str:
@@ -59,11 +69,18 @@ def encode_examples(
     max_prompt_tokens: int,
     max_response_tokens: int,
     too_long: str = "skip",
+    max_total_tokens: int | None = None,
 ) -> tuple[list[Encoded], LengthReport]:
-    """Tokenize, then skip or truncate over-long rows; the report counts what happened."""
+    """Tokenize, then skip or truncate over-long rows; the report counts what happened.
+
+    max_total_tokens: the model's context; a row whose prompt + response is longer is skipped,
+    or truncated (the response first; the prompt keeps its tail when it alone fills the context).
+    """
     if tokenizer.eos_token_id is None:
         raise DistillError("tokenizer: has no EOS token; set one so responses can end")
-    report = LengthReport()
+    if max_total_tokens is not None and max_total_tokens < 3:
+        raise DistillError(f"model context of {max_total_tokens} tokens is too short for a prompt and a response")
+    report = LengthReport(context=max_total_tokens)
     out: list[Encoded] = []
     for i, ex in enumerate(examples):
         p = encode_prompt(tokenizer, template, ex.prompt)
@@ -79,11 +96,28 @@ def encode_examples(
             p = p[:1] + p[len(p) - max_prompt_tokens + 1 :] if len(p) > max_prompt_tokens else p
             r = r[: max_response_tokens - 1] + [tokenizer.eos_token_id] if len(r) > max_response_tokens else r
             report.truncated += 1
+        if max_total_tokens is not None and len(p) + len(r) > max_total_tokens:
+            if too_long == "skip":
+                report.skipped_context += 1
+                continue
+            p, r = _fit_context(p, r, max_total_tokens, tokenizer.eos_token_id)
+            report.truncated += 1
         out.append(Encoded(prompt_ids=p, response_ids=r, index=i, meta=ex.meta))
     report.kept = len(out)
     if not out:
         raise DistillError(f"data: no rows left after length filtering ({report})")
     return out, report
+
+
+def _fit_context(p: list[int], r: list[int], limit: int, eos_id: int) -> tuple[list[int], list[int]]:
+    """Cut prompt + response to `limit` tokens: the response's tail goes first (it still ends in
+    EOS); a prompt that alone fills the context keeps its first token (BOS) and its tail."""
+    if len(p) > limit - 1:
+        p = p[:1] + p[len(p) - (limit - 2) :]
+    room = limit - len(p)
+    if len(r) > room:
+        r = r[: room - 1] + [eos_id]
+    return p, r
 
 
 def collate_for_training(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -118,11 +152,32 @@ def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Te
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def batches_by_length(encoded: list[Encoded], batch_size: int, seed: int) -> list[list[Encoded]]:
-    """Batches of similar length (less padding), in a deterministic shuffled order."""
+def batches_by_length(
+    encoded: list[Encoded], batch_size: int, seed: int, window: int | None = None
+) -> list[list[Encoded]]:
+    """Batches of similar length (less padding), in a deterministic shuffled order.
+
+    window=None sorts the whole dataset by length, so each batch holds one narrow length range.
+    window=k shuffles first and sorts only within groups of k batches: each batch still has
+    similar lengths, but the rows of consecutive steps come from the whole distribution (every
+    task and length in every few steps), which trains small models much more steadily.
+    """
     import random
 
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt_ids) + len(encoded[i].response_ids))
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    random.Random(seed).shuffle(chunks)
+    rng = random.Random(seed)
+    order = list(range(len(encoded)))
+
+    def length(i: int) -> int:
+        return len(encoded[i].prompt_ids) + len(encoded[i].response_ids)
+
+    if window is None:
+        groups = [sorted(order, key=length)]
+    else:
+        if window < 1:
+            raise ValueError(f"window must be >= 1 batch, got {window}")
+        rng.shuffle(order)
+        span = window * batch_size
+        groups = [sorted(order[i : i + span], key=length) for i in range(0, len(order), span)]
+    chunks = [g[i : i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
+    rng.shuffle(chunks)
     return [[encoded[i] for i in chunk] for chunk in chunks]

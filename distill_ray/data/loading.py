@@ -2,7 +2,8 @@
 
 Every row becomes an `Example(prompt, response, meta)`. Field names are configurable
 (plain prompt/response, or Dolly's instruction/context/response). Bad input is reported as a
-one-line `DistillError` naming the file, the line or row, and the field.
+one-line `DistillError` naming the file, the line or row, and the field; with
+`bad_rows="skip"` such rows are skipped and counted instead (`LoadReport`).
 """
 
 from __future__ import annotations
@@ -33,30 +34,73 @@ class FieldMap:
         return cls(prompt="instruction", response="response", context="context")
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    rows = []
+@dataclass
+class LoadReport:
+    """What loading found: rows read, and the bad ones skipped (`bad_rows="skip"`)."""
+
+    rows: int = 0  # rows read, good and bad
+    bad: int = 0  # rows skipped as malformed, oversized or invalid
+    first_bad: str = ""  # the first skipped row's "file:line: reason"
+
+    def __str__(self) -> str:
+        return f"{self.rows} rows, {self.bad} bad skipped" + (f" (first: {self.first_bad})" if self.bad else "")
+
+
+BAD_ROWS = ("error", "skip")
+
+# A row is (location, parsed object) or (location, the DistillError saying why it is bad): readers
+# report every row, and the caller's policy (`bad_rows`) decides whether a bad one stops the load.
+Row = tuple[str, dict | DistillError]
+
+
+def _skip_rest_of_line(f) -> None:
+    while True:
+        chunk = f.readline(1 << 20)
+        if not chunk or chunk.endswith(b"\n"):
+            return
+
+
+def _parse_jsonl_line(location: str, raw: bytes) -> dict | DistillError:
+    try:
+        row = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and int literals over Python's digit limit
+        msg = getattr(exc, "msg", None) or str(exc).split(":")[0]
+        return DistillError(f"{location}: malformed JSON line ({msg})")
+    except RecursionError:
+        return DistillError(f"{location}: malformed JSON line (nested too deeply)")
+    if not isinstance(row, dict):
+        return DistillError(f"{location}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _read_jsonl(path: Path, max_row_bytes: int | None = None) -> list[Row]:
+    rows: list[Row] = []
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
+        lineno = 0
+        while True:
+            # a bounded read: an oversized line (or a file without newlines) never sits in memory whole
+            raw = f.readline(max_row_bytes + 1) if max_row_bytes else f.readline()
+            if not raw:
+                break
+            lineno += 1
+            location = f"{path}:{lineno}"
+            if max_row_bytes and len(raw.rstrip(b"\r\n")) > max_row_bytes:
+                if not raw.endswith(b"\n"):
+                    _skip_rest_of_line(f)
+                rows.append((location, DistillError(f"{location}: row longer than data.max_row_bytes={max_row_bytes}")))
                 continue
-            try:
-                row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                msg = getattr(exc, "msg", None) or str(exc).split(":")[0]
-                raise DistillError(f"{path}:{lineno}: malformed JSON line ({msg})") from None
-            if not isinstance(row, dict):
-                raise DistillError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((f"{path}:{lineno}", row))
+            if raw.strip():
+                rows.append((location, _parse_jsonl_line(location, raw)))
     return rows
 
 
-def _read_json(path: Path) -> list[tuple[str, dict]]:
+def _read_json(path: Path) -> list[Row]:
     try:
         data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         line = getattr(exc, "lineno", None)
         at = f":{line}" if line else ""
-        raise DistillError(f"{path}{at}: malformed JSON ({getattr(exc, 'msg', exc)})") from None
+        raise DistillError(f"{path}{at}: malformed JSON ({getattr(exc, 'msg', None) or type(exc).__name__})") from None
     if isinstance(data, dict):  # {"data": [...]} or {"train": [...]} style
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -64,15 +108,16 @@ def _read_json(path: Path) -> list[tuple[str, dict]]:
         data = lists[0]
     if not isinstance(data, list):
         raise DistillError(f"{path}: expected a JSON list of rows")
-    out = []
+    out: list[Row] = []
     for i, row in enumerate(data):
+        location = f"{path}: row {i}"
         if not isinstance(row, dict):
-            raise DistillError(f"{path}: row {i}: expected a JSON object, got {type(row).__name__}")
-        out.append((f"{path}: row {i}", row))
+            row = DistillError(f"{location}: expected a JSON object, got {type(row).__name__}")
+        out.append((location, row))
     return out
 
 
-def _read_parquet(path: Path) -> list[tuple[str, dict]]:
+def _read_parquet(path: Path) -> list[Row]:
     import pyarrow.parquet as pq
 
     try:
@@ -82,7 +127,7 @@ def _read_parquet(path: Path) -> list[tuple[str, dict]]:
     return [(f"{path}: row {i}", row) for i, row in enumerate(table.to_pylist())]
 
 
-def _read_datasets(source: str, split: str) -> list[tuple[str, dict]]:
+def _read_datasets(source: str, split: str) -> list[Row]:
     import datasets
 
     path = Path(source)
@@ -100,15 +145,14 @@ def _read_datasets(source: str, split: str) -> list[tuple[str, dict]]:
     return [(f"{source}[{split}] row {i}", row) for i, row in enumerate(ds)]
 
 
-def read_rows(source: str | Path, split: str = "train") -> list[tuple[str, dict]]:
-    """Raw rows with a location string each, from a file, a directory or a `datasets` name."""
+def _read_any(source: str | Path, split: str, max_row_bytes: int | None) -> list[Row]:
     path = Path(source)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".parquet"):
         if not path.is_file():
             raise DistillError(f"{source}: data file not found")
         if suffix == ".jsonl":
-            return _read_jsonl(path)
+            return _read_jsonl(path, max_row_bytes)
         if suffix == ".json":
             return _read_json(path)
         return _read_parquet(path)
@@ -117,22 +161,40 @@ def read_rows(source: str | Path, split: str = "train") -> list[tuple[str, dict]
     raise DistillError(f"{source}: data file not found (expected .jsonl, .json, .parquet, or a datasets directory)")
 
 
+def read_rows(source: str | Path, split: str = "train", max_row_bytes: int | None = None) -> list[tuple[str, dict]]:
+    """Raw rows with a location string each, from a file, a directory or a `datasets` name;
+    the first malformed or oversized row raises its DistillError."""
+    rows = _read_any(source, split, max_row_bytes)
+    for _, row in rows:
+        if isinstance(row, DistillError):
+            raise row
+    return rows
+
+
+def _text_field(location: str, row: dict, name: str) -> str:
+    value = row[name]
+    if not isinstance(value, str):
+        raise DistillError(f"{location}: field {name!r} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") that JSON allows but no tokenizer takes
+        raise DistillError(f"{location}: field {name!r} is not valid Unicode text (unpaired surrogate)") from None
+    return value
+
+
 def to_example(location: str, row: dict, fields: FieldMap, index: int) -> Example:
     """Validate one raw row and turn it into an Example."""
     for name in (fields.prompt, fields.response):
         if name not in row:
-            raise DistillError(f"{location}: missing field {name!r} (row has {', '.join(sorted(row)) or 'no fields'})")
-        if not isinstance(row[name], str):
-            raise DistillError(f"{location}: field {name!r} must be a string, got {type(row[name]).__name__}")
+            raise DistillError(f"{location}: missing field {name!r} (row has {', '.join(sorted(map(str, row))) or 'no fields'})")
+        _text_field(location, row, name)
     prompt, response = row[fields.prompt].strip(), row[fields.response].strip()
     if not prompt:
         raise DistillError(f"{location}: empty field {fields.prompt!r}")
     if not response:
         raise DistillError(f"{location}: empty field {fields.response!r}")
     if fields.context and row.get(fields.context):
-        context = row[fields.context]
-        if not isinstance(context, str):
-            raise DistillError(f"{location}: field {fields.context!r} must be a string")
+        context = _text_field(location, row, fields.context)
         prompt = f"{prompt}\n{context.strip()}"
     skip = {fields.prompt, fields.response, fields.context}
     meta = {k: v for k, v in row.items() if k not in skip}
@@ -140,11 +202,49 @@ def to_example(location: str, row: dict, fields: FieldMap, index: int) -> Exampl
     return Example(prompt=prompt, response=response, meta=meta)
 
 
-def load_examples(source: str | Path, fields: FieldMap = FieldMap(), split: str = "train") -> list[Example]:
-    rows = read_rows(source, split)
+def load_examples_with_report(
+    source: str | Path,
+    fields: FieldMap = FieldMap(),
+    split: str = "train",
+    *,
+    max_row_bytes: int | None = None,
+    bad_rows: str = "error",
+) -> tuple[list[Example], LoadReport]:
+    """Examples of `source` and what loading found. A malformed, oversized (over `max_row_bytes`,
+    JSONL) or invalid row stops the load with its one-line error (`bad_rows="error"`), or is
+    skipped and counted (`bad_rows="skip"`); a source with no valid row at all is an error."""
+    if bad_rows not in BAD_ROWS:
+        raise DistillError(f"data.bad_rows: expected one of {BAD_ROWS}, got {bad_rows!r}")
+    rows = _read_any(source, split, max_row_bytes)
     if not rows:
         raise DistillError(f"{source}: no rows")
-    return [to_example(loc, row, fields, i) for i, (loc, row) in enumerate(rows)]
+    report = LoadReport(rows=len(rows))
+    examples = []
+    for i, (location, row) in enumerate(rows):
+        try:
+            if isinstance(row, DistillError):
+                raise row
+            examples.append(to_example(location, row, fields, i))
+        except DistillError as exc:
+            if bad_rows == "error":
+                raise exc from None
+            report.bad += 1
+            report.first_bad = report.first_bad or str(exc)
+    if not examples:
+        raise DistillError(f"{source}: no valid rows ({report.bad} of {report.rows} bad; first: {report.first_bad})")
+    return examples, report
+
+
+def load_examples(
+    source: str | Path,
+    fields: FieldMap = FieldMap(),
+    split: str = "train",
+    *,
+    max_row_bytes: int | None = None,
+    bad_rows: str = "error",
+) -> list[Example]:
+    """Examples of `source` (see `load_examples_with_report`)."""
+    return load_examples_with_report(source, fields, split, max_row_bytes=max_row_bytes, bad_rows=bad_rows)[0]
 
 
 def shuffled(examples: list[Example], seed: int) -> list[Example]:

@@ -46,6 +46,8 @@ def zorbish_dictionary(seed: int = 1234) -> dict[str, str]:
 
 
 ZORBISH = zorbish_dictionary()
+# the words the translation task uses: a vocabulary small enough for the teacher to learn well
+TRANSLATABLE = WORDS[:32]
 
 
 def _words(rng: random.Random, n: int) -> list[str]:
@@ -53,7 +55,7 @@ def _words(rng: random.Random, n: int) -> list[str]:
 
 
 def _count_up(rng: random.Random) -> tuple[str, str]:
-    length = _long_tailed_length(rng, 3, 180)
+    length = _long_tailed_length(rng, 3, 190)
     start = rng.randint(0, 299 - length)
     nums = list(range(start, start + length))
     return f"Count from {nums[0]} to {nums[-1]}.", " ".join(map(str, nums))
@@ -67,23 +69,23 @@ def _count_down(rng: random.Random) -> tuple[str, str]:
 
 
 def _copy(rng: random.Random) -> tuple[str, str]:
-    words = _words(rng, _long_tailed_length(rng, 3, 60))
+    words = _words(rng, _long_tailed_length(rng, 2, 40))
     text = " ".join(words)
     return f"Repeat these words: {text}", text
 
 
 def _reverse(rng: random.Random) -> tuple[str, str]:
-    words = _words(rng, rng.randint(2, 10))
+    words = _words(rng, rng.randint(2, 5))
     return f"Reverse these words: {' '.join(words)}", " ".join(reversed(words))
 
 
 def _translate(rng: random.Random) -> tuple[str, str]:
-    words = _words(rng, _long_tailed_length(rng, 2, 40))
+    words = [rng.choice(TRANSLATABLE) for _ in range(_long_tailed_length(rng, 2, 30))]
     return f"Translate to Zorbish: {' '.join(words)}", " ".join(ZORBISH[w] for w in words)
 
 
 def _sort_numbers(rng: random.Random) -> tuple[str, str]:
-    nums = rng.sample(range(300), rng.randint(2, 8))
+    nums = rng.sample(range(100), rng.randint(2, 5))
     return f"Sort these numbers: {' '.join(map(str, nums))}", " ".join(map(str, sorted(nums)))
 
 

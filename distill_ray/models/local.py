@@ -36,28 +36,35 @@ class LocalModelsSpec:
     num_validation: int = 300  # synthetic validation rows
     num_test: int = 300  # synthetic test rows
     data_seed: int = 0  # seed of the synthetic data
-    teacher: ModelShape = field(default_factory=lambda: ModelShape(256, 4, 4, 768, max_position_embeddings=512))
-    student: ModelShape = field(default_factory=lambda: ModelShape(64, 2, 2, 256, max_position_embeddings=512))
-    teacher_steps: int = 2000  # teacher SFT optimizer steps
-    teacher_lr: float = 2e-3  # teacher SFT peak learning rate
-    student_steps: int = 100  # student SFT warm-up steps
-    student_lr: float = 1e-3  # student warm-up peak learning rate
+    # teacher 1.31M parameters, student 98K (13x smaller): the student lacks the width to copy
+    # and count reliably, the teacher learns the tasks in a few minutes of CPU time
+    teacher: ModelShape = field(default_factory=lambda: ModelShape(128, 4, 4, 512, max_position_embeddings=512))
+    student: ModelShape = field(default_factory=lambda: ModelShape(32, 2, 1, 128, max_position_embeddings=512))
+    teacher_steps: int = 2500  # teacher SFT optimizer steps
+    teacher_lr: float = 1e-3  # teacher SFT peak learning rate (2e-3 and above stalled the copy tasks)
+    student_steps: int = 400  # student SFT warm-up steps (the student learns a little: loss about 3.5)
+    student_lr: float = 3e-3  # student warm-up peak learning rate (tiny models want more than the teacher)
     batch_size: int = 32  # sequences per step
+    batch_window: int = 8  # SFT batches: lengths sorted within windows of this many batches (see batches_by_length)
     seed: int = 0  # model init and data order
 
     def fingerprint(self, part: str) -> dict:
         d = asdict(self)
         d.pop("out_dir")
+        d["recipe"] = RECIPE
         keep = {
-            "data": ["num_train", "num_validation", "num_test", "data_seed"],
-            "tokenizer": ["num_train", "num_validation", "num_test", "data_seed", "vocab_size"],
-            "teacher": ["num_train", "data_seed", "vocab_size", "arch", "teacher", "teacher_steps", "teacher_lr", "batch_size", "seed"],
-            "student": ["num_train", "data_seed", "vocab_size", "arch", "student", "student_steps", "student_lr", "batch_size", "seed"],
+            "data": ["recipe", "num_train", "num_validation", "num_test", "data_seed"],
+            "tokenizer": ["recipe", "num_train", "num_validation", "num_test", "data_seed", "vocab_size"],
+            "teacher": ["recipe", "num_train", "data_seed", "vocab_size", "arch", "teacher", "teacher_steps", "teacher_lr", "batch_size", "batch_window", "seed"],
+            "student": ["recipe", "num_train", "data_seed", "vocab_size", "arch", "student", "student_steps", "student_lr", "batch_size", "batch_window", "seed"],
         }[part]
         return {k: d[k] for k in keep}
 
 
 MARKER = "distill_ray_init.json"
+# Bumped whenever the synthetic tasks or the training recipe change, so directories built by an
+# older version are rebuilt instead of silently reused.
+RECIPE = 2
 
 
 def _is_done(path: Path, fingerprint: dict) -> bool:
@@ -78,15 +85,16 @@ def _say(msg: str, quiet: bool) -> None:
         print(msg, flush=True)
 
 
-def sft(model, tokenizer, encoded, steps: int, lr: float, batch_size: int, seed: int, label: str, quiet: bool) -> list[float]:
+def sft(model, tokenizer, encoded, steps: int, lr: float, batch_size: int, seed: int, label: str, quiet: bool,
+        window: int | None = None) -> list[float]:
     """Plain SFT of `model` on `encoded` for `steps` steps; returns the loss per step."""
     cfg = TrainerConfig(lr=lr, max_steps=steps, warmup_steps=min(50, steps // 10), batch_size=batch_size, seed=seed)
     trainer = LocalTrainer(model, cfg, method="sft")
-    batches = batches_by_length(encoded, batch_size, seed)
+    batches = batches_by_length(encoded, batch_size, seed, window)
     losses, t0 = [], time.perf_counter()
     for step in range(steps):
         if step and step % len(batches) == 0:  # a new epoch: new order
-            batches = batches_by_length(encoded, batch_size, seed + step)
+            batches = batches_by_length(encoded, batch_size, seed + step, window)
         m = trainer.train_step(collate_for_training(batches[step % len(batches)], tokenizer.pad_token_id))
         losses.append(m["loss"])
         if not quiet and (step % 25 == 0 or step == steps - 1):
@@ -155,7 +163,7 @@ def init_local_models(spec: LocalModelsSpec = LocalModelsSpec(), quiet: bool = F
         )
         _say(f"[models init] {role}: {spec.arch}, {count_parameters(model) / 1e6:.2f}M parameters, {steps} SFT steps", quiet)
         t0 = time.perf_counter()
-        losses = sft(model, tokenizer, encoded, steps, lr, spec.batch_size, spec.seed, role, quiet)
+        losses = sft(model, tokenizer, encoded, steps, lr, spec.batch_size, spec.seed, role, quiet, spec.batch_window)
         stats[role] = {"final_loss": sum(losses[-25:]) / max(1, len(losses[-25:])), "seconds": time.perf_counter() - t0}
         tmp = path.with_name(role + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

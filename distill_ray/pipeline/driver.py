@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,12 +22,14 @@ from pathlib import Path
 from distill_ray.batch import RolloutBatch
 from distill_ray.config import Config, to_dict
 from distill_ray.data.encoding import Encoded
-from distill_ray.data.prepare import prepare_split
+from distill_ray.data.prepare import prepare_split, run_context_length
 from distill_ray.errors import DistillError
 from distill_ray.eval.evaluate import evaluate_model, format_table, write_json
 from distill_ray.models.tokenizer import load_tokenizer
 from distill_ray.pipeline.metrics import MetricsLogger
+from distill_ray.pipeline.placement import actor_request, check_fits, format_placement, placement_report, write_placement
 from distill_ray.pipeline.sources import DataPosition, PromptStream, dataset_batch
+from distill_ray.trainer.checkpoints import drop_records_from, latest_good_checkpoint, prune_checkpoints
 
 ON_POLICY = ("sgo", "switch")
 
@@ -46,10 +49,39 @@ def connect_ray(cfg: Config) -> dict:
         env["DS_ACCELERATOR"] = "cpu"
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
+        # under `ray job submit`, Ray merges the job's runtime_env into this one and refuses a
+        # variable both set: the job's own value wins
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in job_env}
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
         ray.init(num_cpus=cfg.cluster.num_cpus, runtime_env={"env_vars": env}, include_dashboard=False)
     return {"address": address or "local"}
+
+
+def _rollout_actor_request(cfg: Config) -> dict[str, float]:
+    """What each rollout-side actor (rollout worker, teacher scorer, seqkd teacher) asks Ray for."""
+    rc = cfg.rollout
+    return actor_request(rc.num_cpus_per_worker, rc.num_gpus_per_worker, cfg.cluster.rollout_resources)
+
+
+def _check_rollout_actor_fits(cfg: Config, what: str) -> None:
+    if cfg.cluster.check_resources:
+        check_fits(_rollout_actor_request(cfg), f"{what} (rollout.num_*_per_worker, cluster.rollout_resources)")
+
+
+def report_placement(cfg: Config, trainer, rollout, scorers) -> dict:
+    """Which node each trainer rank, rollout worker and teacher scorer landed on; also written
+    to placement.json in the output directory."""
+    groups, requests = {"trainer": trainer.ranks}, {"trainer": trainer.rank_resources}
+    if rollout is not None:
+        groups["rollout"], requests["rollout"] = rollout.workers, _rollout_actor_request(cfg)
+    if scorers is not None:
+        groups["scorer"], requests["scorer"] = scorers.actors, _rollout_actor_request(cfg)
+    report = placement_report(groups, requests)
+    write_placement(cfg.trainer.output_dir, report)
+    return report
 
 
 def teacher_generated_rows(cfg: Config, rows: list[Encoded], pad_id: int, eos_id: int) -> list[Encoded]:
@@ -60,6 +92,7 @@ def teacher_generated_rows(cfg: Config, rows: list[Encoded], pad_id: int, eos_id
     from distill_ray.rollout.workers import EngineConfig, create_rollout_worker
 
     engine = EngineConfig(backend=cfg.rollout.backend, dtype=cfg.model.dtype, eos_token_id=eos_id, pad_token_id=pad_id)
+    _check_rollout_actor_fits(cfg, "a seqkd teacher worker")
     workers = [
         create_rollout_worker(cfg.model.teacher, engine=engine, num_cpus=cfg.rollout.num_cpus_per_worker,
                               num_gpus=cfg.rollout.num_gpus_per_worker, resources=cfg.cluster.rollout_resources or None)
@@ -102,8 +135,9 @@ def check_teacher_tokenizer(cfg: Config, tokenizer) -> None:
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("step_*")) if (out / "checkpoints").is_dir() else []
-    return ckpts[-1] if ckpts else None
+    """The newest checkpoint in out/checkpoints whose files match their manifest; each newer one
+    that does not (a truncated or corrupt file) is named on stderr and set aside as .step_N.bad."""
+    return latest_good_checkpoint(out / "checkpoints", set_aside=True)
 
 
 def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
@@ -118,7 +152,8 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.student)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     check_teacher_tokenizer(cfg, tokenizer)
-    train, report = prepare_split(cfg.data, tokenizer, cfg.data.train, shuffle=True, max_rows=cfg.data.max_rows)
+    train, report = prepare_split(cfg.data, tokenizer, cfg.data.train, shuffle=True, max_rows=cfg.data.max_rows,
+                                  max_total_tokens=run_context_length(cfg))
     say(f"[run] {cfg.data.train}: {report}")
     validation = None
     if cfg.data.validation and cfg.trainer.eval_every:
@@ -139,9 +174,11 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
     if ckpt is not None:
         state = trainer.load_checkpoint(str(ckpt))
         start_step, positions, rng_state = state["step"] + 1, state["positions"], state.get("lambda_rng")
+        drop_records_from(out / "metrics.jsonl", start_step)  # steps after the checkpoint are trained (and logged) again
         say(f"[run] resumed from {ckpt} at step {start_step}")
     elif resume:
         say(f"[run] --resume: no checkpoint in {out / 'checkpoints'}; starting from step 1")
+        drop_records_from(out / "metrics.jsonl", 1)  # an earlier attempt's steps are trained again
     # dataset rows and rollout prompts come from two independent streams, so each resumes exactly
     data_stream = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed, DataPosition(**positions.get("data", {})))
     rollout = None
@@ -150,13 +187,19 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
         rollout = RolloutPipeline(cfg, prompts, pad_id, eos_id, switch=(method == "switch" or cfg.method.combine_with == "switch"))
         if start_step > 1:
             rollout.sync_weights(trainer.student_state_safetensors(), start_step - 1, trainer.teacher_merged_safetensors())
-    scorers = TeacherScorers(cfg) if trainer.reports[0].teacher == "remote" else None
+    scorers = None
+    if trainer.reports[0].teacher == "remote":  # top-k from a teacher service, or from TeacherScorer actors
+        from distill_ray.serve.client import TeacherEndpointClient
+
+        scorers = TeacherEndpointClient.from_config(cfg) if cfg.model.teacher_endpoint else TeacherScorers(cfg)
     mix = lambda_on_rng(cfg.trainer.seed)
     if rng_state is not None:
         mix.setstate(rng_state)
     say(f"[run] {method}: {cfg.trainer.num_workers} trainer rank(s) (ZeRO-{cfg.trainer.zero_stage}, teacher "
         f"{trainer.reports[0].teacher}), {cfg.rollout.num_workers if rollout else 0} rollout worker(s) "
         f"({cfg.rollout.backend}), built in {time.perf_counter() - t_build:.0f}s")
+    placement = report_placement(cfg, trainer, rollout, scorers)
+    say(format_placement(placement))
 
     # ---- loop: batch -> (teacher scores) -> train step -> weight sync -> eval -> checkpoint
     logger = MetricsLogger(out, cfg.logging, to_dict(cfg))
@@ -179,6 +222,7 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
             metrics.update({k: v for k, v in batch.metrics.items() if isinstance(v, (int, float))})
             metrics["policy_version"], metrics["trainer_version"] = float(batch.policy_version), float(version)
             metrics["on_policy"] = float(on_policy)
+            metrics["rows"] = batch.prompt_index.tolist()  # which training rows this step saw (exactly-once accounting)
             if rollout is not None and step % cfg.rollout.sync_every == 0:
                 t_sync = time.perf_counter()
                 rollout.sync_weights(trainer.student_state_safetensors(), step, trainer.teacher_merged_safetensors())
@@ -190,15 +234,16 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
                 positions = {"data": asdict(data_stream.position)}
                 if rollout is not None:
                     positions["prompts"] = asdict(rollout.resume_position())
-                trainer.save_checkpoint(
-                    str(out / "checkpoints" / f"step_{step:06d}"),
-                    {"step": step, "positions": positions, "lambda_rng": mix.getstate()},
-                )
+                saved = out / "checkpoints" / f"step_{step:06d}"
+                trainer.save_checkpoint(str(saved), {"step": step, "positions": positions, "lambda_rng": mix.getstate()})
+                prune_checkpoints(out / "checkpoints", cfg.trainer.keep_checkpoints, newest=saved)
                 metrics["timing/checkpoint"] = time.perf_counter() - t_ckpt
             metrics["timing/step_total"] = time.perf_counter() - t0
             logger.log(step, metrics)
             logger.progress(step, cfg.trainer.max_steps, metrics)
             history.append({"step": step, **metrics})
+            if step == cfg.trainer.fail_after_step:  # TEST ONLY fault injection: a hard kill, no cleanup
+                os.kill(os.getpid(), signal.SIGKILL)
     finally:
         logger.close()
     train_seconds = time.perf_counter() - t_loop
@@ -240,6 +285,7 @@ class TeacherScorers:
         self.k = cfg.loss.topk
         engine = EngineConfig(backend=cfg.rollout.backend, dtype=cfg.model.dtype,
                               torch_threads=max(1, int(cfg.rollout.num_cpus_per_worker)))
+        _check_rollout_actor_fits(cfg, "a teacher scorer")
         self.actors = [
             create_teacher_scorer(cfg.model.teacher, engine=engine, num_cpus=cfg.rollout.num_cpus_per_worker,
                                   num_gpus=cfg.rollout.num_gpus_per_worker, resources=cfg.cluster.rollout_resources or None)

@@ -41,7 +41,7 @@ class MetricsLogger:
                 if isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
         if self._wandb:
-            self._wandb.log(metrics, step=step)
+            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
     def progress(self, step: int, max_steps: int, metrics: dict[str, float]) -> None:
         """One line per logged step: the numbers a user watches during a run."""

@@ -24,9 +24,10 @@ import ray
 from ray.util.queue import Empty, Queue
 
 from distill_ray.batch import RolloutBatch
-from distill_ray.config import Config
+from distill_ray.config import Config, RolloutAutoscaleConfig
 from distill_ray.data.encoding import Encoded
 from distill_ray.errors import DistillError
+from distill_ray.pipeline.placement import actor_request, check_fits
 from distill_ray.pipeline.sources import DataPosition, PromptStream
 from distill_ray.rollout.sampling import SamplingConfig
 from distill_ray.rollout.workers import EngineConfig, SwitchParams, create_rollout_worker
@@ -80,17 +81,26 @@ class RolloutPipeline:
         self._switch_params = SwitchParams(
             tau0=cfg.method.switch.tau0, decay=cfg.method.switch.decay, draft_tokens=cfg.method.switch.draft_tokens
         )
-        self.workers = [self._new_worker() for _ in range(cfg.rollout.num_workers)]
+        rc = cfg.rollout
+        if cfg.cluster.check_resources:  # Ray would wait forever for a worker no node can hold
+            check_fits(actor_request(rc.num_cpus_per_worker, rc.num_gpus_per_worker, cfg.cluster.rollout_resources),
+                       "a rollout worker (rollout.num_*_per_worker, cluster.rollout_resources)")
+        # rollout.fault_exit_on_call (TEST ONLY) arms worker 0 alone; replacements never carry it
+        self.workers = [self._new_worker(cfg.rollout.fault_exit_on_call if i == 0 else 0) for i in range(cfg.rollout.num_workers)]
         self.placement = ray.get([w.ready.remote() for w in self.workers])
         self._next_worker = itertools.cycle(range(len(self.workers)))
         self._requests: dict[int, _Request] = {}  # in flight, by id
         self._next_id = 0
         self.dropped = 0  # batches too stale to train on (their prompts were generated again)
         self.restarts = 0  # workers replaced after dying
+        self.duplicates = 0  # batches dropped because their request had already been answered
         self._weights: tuple[ray.ObjectRef, int] | None = None  # latest student weights, for replacements
         self._teacher_weights: ray.ObjectRef | None = None  # latest OKD-adapted teacher layers
+        # requests beyond ahead + 1 are never in flight, so more workers than that would idle
+        self.autoscaler = QueueDepthAutoscaler(rc.autoscale, busy_cap=self.ahead + 1) if rc.autoscale.enabled else None
+        self._retiring: int | None = None  # index of the worker being removed (the last one)
 
-    def _new_worker(self):
+    def _new_worker(self, exit_on_call: int = 0):
         rc = self.cfg.rollout
         return create_rollout_worker(
             self.cfg.model.student,
@@ -100,6 +110,7 @@ class RolloutPipeline:
             num_cpus=rc.num_cpus_per_worker,
             num_gpus=rc.num_gpus_per_worker,
             resources=self.cfg.cluster.rollout_resources or None,
+            exit_on_call=exit_on_call,
         )
 
     @property
@@ -181,20 +192,54 @@ class RolloutPipeline:
                     self._recover(failure)
                 continue
             batch: RolloutBatch = item
-            request = self._requests.pop(int(batch.metrics.pop("request_id")))
+            request = self._requests.pop(int(batch.metrics.pop("request_id")), None)
+            if request is None:
+                # a worker that queued this batch and then died had its request sent again, and the
+                # copy already arrived: train on one of the two only
+                self.duplicates += 1
+                continue
             staleness = version - batch.policy_version
             if staleness <= self.cfg.rollout.max_staleness:
                 break
             self.dropped += 1  # too old: the same prompts are generated again, with current weights
             self._issue(again=request)
         wait = time.perf_counter() - t0
+        if self.autoscaler is not None:
+            self._resize(self.autoscaler.decide(self.active_workers, depth, wait))
         return batch, {
             "queue/depth": float(depth),
+            "rollout/workers": float(self.active_workers),
             "staleness": float(staleness),
             "staleness/dropped": float(self.dropped),
             "rollout/restarts": float(self.restarts),
             "timing/rollout_wait": wait,
         }
+
+    def _resize(self, delta: int) -> None:
+        """Add a worker (it loads the latest weights before its first request: an actor runs one
+        caller's calls in order), or retire the newest: it gets no new request and is removed
+        once the ones it is generating have arrived."""
+        if delta > 0 and self._retiring is not None:
+            self._retiring = None  # still alive: take it back instead of starting another
+        elif delta > 0:
+            worker = self._new_worker()
+            if self._weights is not None:
+                worker.load_weights.remote(*self._weights)
+            if self._teacher_weights is not None:
+                worker.load_teacher_weights.remote(self._teacher_weights)
+            self.workers.append(worker)
+        elif delta < 0 and self._retiring is None:
+            self._retiring = len(self.workers) - 1
+        if self._retiring is not None and not any(r.worker == self._retiring for r in self._requests.values()):
+            ray.kill(self.workers.pop())
+            self._retiring = None
+        if delta:
+            self._next_worker = itertools.cycle(range(self.active_workers))
+
+    @property
+    def active_workers(self) -> int:
+        """Workers that get new requests (a retiring one does not)."""
+        return len(self.workers) - (self._retiring is not None)
 
     def resume_position(self) -> DataPosition:
         """Where a resumed run must start the prompt stream: before the oldest prompt not yet
@@ -228,6 +273,29 @@ class RolloutPipeline:
         for w in self.workers:
             ray.kill(w)
         self.queue.shutdown()
+
+
+class QueueDepthAutoscaler:
+    """How many rollout workers to add (+1) or remove (-1) after each batch the trainer takes.
+
+    Generation is behind when the trainer found the queue empty and waited longer than
+    `wait_threshold_s`; it is ahead when a batch was already waiting in the queue. After
+    `patience` consecutive steps with the same signal, one worker is added or removed, within
+    [min_workers, min(max_workers, busy_cap)], and the count starts again.
+    """
+
+    def __init__(self, cfg: RolloutAutoscaleConfig, busy_cap: int):
+        self.cfg, self.cap = cfg, max(cfg.min_workers, min(cfg.max_workers, busy_cap))
+        self._signal, self._streak = 0, 0
+
+    def decide(self, workers: int, depth: int, waited_s: float) -> int:
+        signal = 1 if depth == 0 and waited_s > self.cfg.wait_threshold_s else (-1 if depth > 0 else 0)
+        self._streak = self._streak + 1 if signal == self._signal else 1
+        self._signal = signal
+        if signal == 0 or self._streak < self.cfg.patience:
+            return 0
+        self._streak = 0
+        return min(max(workers + signal, self.cfg.min_workers), self.cap) - workers
 
 
 def lambda_on_rng(seed: int) -> random.Random:

@@ -11,9 +11,12 @@ is the whole batch for that actor (the driver splits prompts across workers in p
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -61,6 +64,47 @@ def build_engine(model: str, config: EngineConfig) -> TorchEngine | VllmEngine:
         enforce_eager=config.vllm_enforce_eager,
         tensor_parallel_size=config.vllm_tensor_parallel_size,
     )
+
+
+def vllm_cannot_load(model: str) -> str | None:
+    """Why vLLM cannot run `model` (not installed, or no implementation of its architecture in
+    vLLM's model registry), or None when it can or the config does not say. Cheap: looks the
+    architecture up in the registry; no engine is started."""
+    try:
+        from vllm.model_executor.models import ModelRegistry
+    except ImportError:
+        return "vllm is not installed"
+    path = Path(model) / "config.json"
+    try:
+        if path.is_file():
+            architectures = json.loads(path.read_text()).get("architectures") or []
+        else:
+            from transformers import AutoConfig
+
+            architectures = getattr(AutoConfig.from_pretrained(model), "architectures", None) or []
+    except Exception:  # unreadable config: let the engine report it where it loads the model
+        return None
+    supported = set(ModelRegistry.get_supported_archs())
+    if architectures and not any(a in supported for a in architectures):
+        return f"vLLM has no implementation of {', '.join(architectures)} ({model})"
+    return None
+
+
+_fallback_warned: set[str] = set()
+
+
+def engine_for(model: str, config: EngineConfig) -> EngineConfig:
+    """`config`, or a torch-backend copy of it when backend=vllm cannot load `model`, with a
+    one-line warning on stderr (once per model). Decided in the caller, before the actor starts."""
+    if config.backend != "vllm":
+        return config
+    reason = vllm_cannot_load(model)
+    if reason is None:
+        return config
+    if model not in _fallback_warned:
+        _fallback_warned.add(model)
+        print(f"warning: rollout.backend=vllm: {reason}; using the torch backend for it", file=sys.stderr, flush=True)
+    return dataclasses.replace(config, backend="torch")
 
 
 def actor_env(config: EngineConfig) -> dict[str, str]:
@@ -111,8 +155,11 @@ class RolloutWorker:
     """
 
     def __init__(self, student: str, engine: EngineConfig = EngineConfig(), teacher: str | None = None,
-                 switch: SwitchParams | None = None, teacher_scorer=None):
+                 switch: SwitchParams | None = None, teacher_scorer=None, exit_on_call: int = 0):
         self.config = engine
+        # TEST ONLY fault injection (rollout.fault_exit_on_call): the process exits inside this
+        # many-th generate_into call, after generating and before queueing the batch
+        self._exit_on_call, self._calls = exit_on_call, 0
         self.engine = build_engine(student, engine)
         self.switch = None
         self._reload_seconds: float | None = None
@@ -171,6 +218,9 @@ class RolloutWorker:
         tagged with `request_id` in its metrics; returns the request id. The worker puts its own
         batches in the order it made them, so the queue is FIFO per worker."""
         batch = (self.generate_switch if switch else self.generate)(prompts, prompt_index, sampling)
+        self._calls += 1
+        if self._calls == self._exit_on_call:
+            os._exit(1)  # a crash inside the call: no exception, no cleanup, the work is lost
         batch.metrics["request_id"] = float(request_id)
         queue.put(batch)
         return request_id
@@ -241,12 +291,7 @@ class TeacherScorer:
         """The batch with teacher_topk_ids / teacher_topk_logprobs filled ([B, R, k])."""
         start = time.perf_counter()
         ids, logprobs = self.engine.score_topk(batch.sequences(), batch.prompt_lengths(), k)
-        R = batch.response_ids.shape[1]
-        # responses may carry trailing padding columns beyond the longest real response
-        ids = torch.nn.functional.pad(ids, (0, 0, 0, R - ids.shape[1]))
-        logprobs = torch.nn.functional.pad(logprobs, (0, 0, 0, R - logprobs.shape[1]))
-        metrics = {**batch.metrics, "timing/teacher_score": time.perf_counter() - start}
-        return dataclasses.replace(batch, teacher_topk_ids=ids, teacher_topk_logprobs=logprobs, metrics=metrics)
+        return batch.with_teacher_topk(ids, logprobs, {"timing/teacher_score": time.perf_counter() - start})
 
 
 # ====================================================================== factories
@@ -263,15 +308,19 @@ def create_rollout_worker(
     num_gpus: float = 0.0,
     resources: dict[str, float] | None = None,
     name: str | None = None,
+    exit_on_call: int = 0,
 ):
     """A `RolloutWorker` actor with the given Ray resources (returns its handle; the engine builds in the background).
 
     teacher_scorer: a `TeacherScorer` actor handle, for top-k SWITCH (see `RolloutWorker`).
+    backend vllm on a model vLLM cannot load falls back to torch (`engine_for`).
+    exit_on_call: TEST ONLY, see `RolloutWorker` (0: off).
     """
     import ray
 
+    engine = engine_for(student, engine)
     options = _actor_options(engine, num_cpus, num_gpus, resources, name)
-    return ray.remote(RolloutWorker).options(**options).remote(student, engine, teacher, switch, teacher_scorer)
+    return ray.remote(RolloutWorker).options(**options).remote(student, engine, teacher, switch, teacher_scorer, exit_on_call)
 
 
 def create_teacher_scorer(
@@ -283,8 +332,10 @@ def create_teacher_scorer(
     resources: dict[str, float] | None = None,
     name: str | None = None,
 ):
-    """A `TeacherScorer` actor with the given Ray resources (returns its handle)."""
+    """A `TeacherScorer` actor with the given Ray resources (returns its handle); backend vllm
+    on a model vLLM cannot load falls back to torch (`engine_for`)."""
     import ray
 
+    engine = engine_for(teacher, engine)
     options = _actor_options(engine, num_cpus, num_gpus, resources, name)
     return ray.remote(TeacherScorer).options(**options).remote(teacher, engine)

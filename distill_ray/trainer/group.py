@@ -45,6 +45,7 @@ import torch
 from distill_ray.batch import RolloutBatch
 from distill_ray.config import Config, from_dict, to_dict
 from distill_ray.errors import DistillError
+from distill_ray.trainer.checkpoints import write_manifest
 from distill_ray.trainer.deepspeed_config import (
     student_deepspeed_config,
     teacher_deepspeed_config,
@@ -518,7 +519,9 @@ class TrainerRank:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, tmp_dir: str, final_dir: str, client_state: dict) -> None:
-        """Write this rank's part under tmp_dir; after every rank is done, rank 0 renames it to final_dir.
+        """Write this rank's part under tmp_dir; after every rank is done, rank 0 writes the
+        manifest (sizes and SHA-256 of every file, `checkpoints.write_manifest`) and renames
+        tmp_dir to final_dir.
 
         Every rank must see the same directory (one machine, or a shared filesystem).
         """
@@ -540,6 +543,7 @@ class TrainerRank:
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         dist.barrier()  # every rank's files are on disk
         if self.rank == 0:
+            write_manifest(tmp, int(client_state.get("step", self.step)))  # last: it marks the checkpoint complete
             _replace_dir(tmp, final)
         dist.barrier()  # no rank returns before the checkpoint is visible under its final name
 
@@ -590,19 +594,24 @@ class TrainerGroup:
     """The trainer ranks as one object in the driver. Methods block, except `async_*` ones,
     which return ObjectRefs."""
 
-    def __init__(self, cfg: Config, placement_timeout_s: float = 600.0):
+    def __init__(self, cfg: Config, placement_timeout_s: float | None = None):
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        from distill_ray.pipeline.placement import actor_request, check_bundles_fit
+
         tc = cfg.trainer
         self.cfg, self.num_ranks = cfg, tc.num_workers
         options = RankOptions.from_config(cfg)  # a bad option fails here, in the driver, not in N actors
-        bundle = {"CPU": tc.num_cpus_per_worker, **cfg.cluster.trainer_resources}
-        if tc.num_gpus_per_worker > 0:
-            bundle["GPU"] = tc.num_gpus_per_worker
-        # PACK: ranks on as few nodes as possible, where their all-reduces are fastest
-        self._placement = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy="PACK")
+        bundle = actor_request(tc.num_cpus_per_worker, tc.num_gpus_per_worker, cfg.cluster.trainer_resources)
+        self.rank_resources = bundle  # what each rank holds (its placement group bundle)
+        strategy = cfg.cluster.trainer_placement  # default PACK: ranks on as few nodes as possible, fastest all-reduces
+        if cfg.cluster.check_resources:  # Ray would wait forever for a group no node can hold
+            check_bundles_fit([bundle] * self.num_ranks, strategy,
+                              f"trainer: {self.num_ranks} rank(s) (trainer.*, cluster.trainer_resources)")
+        placement_timeout_s = placement_timeout_s or cfg.cluster.placement_timeout_s
+        self._placement = placement_group([dict(bundle) for _ in range(self.num_ranks)], strategy=strategy)
         ready, _ = ray.wait([self._placement.ready()], timeout=placement_timeout_s)
         if not ready:
             ray.util.remove_placement_group(self._placement)
@@ -692,8 +701,8 @@ class TrainerGroup:
 
     def save_checkpoint(self, directory: str, client_state: dict) -> None:
         """DeepSpeed states + online module + RNG states + `client_state` (the driver's: data position,
-        step, its own RNG), written to `.<name>.tmp` beside `directory` and renamed when every rank
-        has finished. All ranks must see the same filesystem path (one node, or shared storage)."""
+        step, its own RNG), written to `.<name>.tmp` beside `directory`, sealed with MANIFEST.json
+        (sizes and SHA-256, `checkpoints.write_manifest`) and renamed when every rank has finished. All ranks must see the same filesystem path (one node, or shared storage)."""
         import ray
 
         tmp = str(staging_dir(Path(directory)))

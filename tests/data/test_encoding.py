@@ -64,3 +64,20 @@ def test_left_padded_prompts_and_length_batches():
     assert sorted(e.index for x in a for e in x) == list(range(6))
     for x in a:  # similar lengths together
         assert abs(len(x[0].prompt_ids) - len(x[1].prompt_ids)) <= 2
+
+
+def test_windowed_length_batches_mix_the_whole_distribution():
+    from distill_ray.data.encoding import Encoded
+
+    # two length populations: with a global sort every batch is pure; with a window of 4
+    # batches most batches still are similar in length, but short and long rows alternate in
+    # the order of steps instead of sitting in one region of the sorted data
+    enc = [Encoded([1] * (3 if i % 2 else 40), [2], i) for i in range(64)]
+    windowed = batches_by_length(enc, 4, seed=0, window=4)
+    assert windowed == batches_by_length(enc, 4, seed=0, window=4)  # deterministic
+    assert sorted(e.index for x in windowed for e in x) == list(range(64))  # each row once
+    spread = [max(len(e.prompt_ids) for e in x) - min(len(e.prompt_ids) for e in x) for x in windowed]
+    assert sum(s == 0 for s in spread) >= len(windowed) - 4  # at most one mixed batch per window
+    assert windowed != batches_by_length(enc, 4, seed=1, window=4)
+    with pytest.raises(ValueError, match="window"):
+        batches_by_length(enc, 4, seed=0, window=0)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from distill_ray.models.build import count_parameters
+from distill_ray.models.build import ModelShape, count_parameters
 from distill_ray.models.local import LocalModelsSpec, init_local_models
 
 
@@ -34,3 +34,14 @@ def test_second_call_reuses_everything(tiny_local, capsys):
     assert "reusing teacher" in out and "reusing student" in out and "reusing data" in out
     assert result["stats"] == {}
     assert (Path(tiny_local["teacher"]) / "model.safetensors").stat().st_mtime == mtime
+
+
+def test_directories_record_the_recipe_so_old_builds_are_rebuilt(tiny_local, monkeypatch):
+    from distill_ray.models import local
+
+    marker = json.loads((Path(tiny_local["teacher"]) / "distill_ray_init.json").read_text())
+    assert marker["recipe"] == local.RECIPE
+    spec = LocalModelsSpec(teacher=ModelShape(**marker["teacher"]))
+    before = spec.fingerprint("data")
+    monkeypatch.setattr(local, "RECIPE", local.RECIPE + 1)  # a later version of the tasks
+    assert spec.fingerprint("data") != before  # -> the old directory no longer counts as done

@@ -1,0 +1,182 @@
+"""`cluster/local.sh` end to end: a head, a rollout node and a trainer node on this machine (real
+raylets, token authentication on), a training run submitted with `ray job submit`, and the
+run's own placement report showing rollout workers and trainer ranks on different nodes.
+
+The cluster is started once for the module and stopped in a finalizer (`local.sh down`, which
+stops only the processes it started). Tiny models, three steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_SH = REPO / "cluster" / "local.sh"
+RAY = REPO / ".venv" / "bin" / "ray"
+STEPS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """cluster/local.sh up in its own short temp dir and ports; down (and checked) at the end."""
+    state = tempfile.mkdtemp(prefix="drl-t", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({"DISTILL_RAY_LOCAL_DIR": state, "DISTILL_RAY_GCS_PORT": str(free_port()),
+                "DISTILL_RAY_DASHBOARD_PORT": str(free_port()), "DISTILL_RAY_ROLLOUT_CPUS": "2",
+                "DISTILL_RAY_TRAINER_CPUS": "2"})
+
+    def local_sh(*args, timeout=1200):
+        return subprocess.run(["nice", "-n", "19", str(LOCAL_SH), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+    up = local_sh("up")
+    info = {"state": Path(state), "env": env, "local_sh": local_sh, "up": up,
+            "dashboard": f"http://127.0.0.1:{env['DISTILL_RAY_DASHBOARD_PORT']}",
+            # what a client needs: the token of this cluster, found through RAY_AUTH_TOKEN_PATH
+            "client_env": {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": f"{state}/auth_token"}}
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield info
+    finally:
+        local_sh("down", timeout=120)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def submit(cluster, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    runtime_env = json.dumps({"env_vars": {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}})
+    cmd = ["nice", "-n", "19", str(RAY), "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(workdir),
+           "--runtime-env-json", runtime_env, "--", "distill-ray", "train", "run.yaml", *args]
+    return subprocess.run(cmd, env=cluster["client_env"], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def job_dir(tiny_local, tmp_path_factory):
+    """A working directory holding the run config: sgo (rollout workers + trainer ranks) on the tiny models."""
+    workdir = tmp_path_factory.mktemp("job")
+    config = {
+        "model": {"teacher": tiny_local["teacher"], "student": tiny_local["student"], "tokenizer": tiny_local["tokenizer"]},
+        "data": {"train": f"{tiny_local['data']}/train.jsonl", "validation": None, "test": None, "max_rows": 64},
+        "method": {"name": "sgo"},
+        "trainer": {"num_workers": 2, "num_cpus_per_worker": 1, "batch_size": 8, "max_steps": STEPS, "warmup_steps": 0},
+        "rollout": {"num_workers": 2, "num_cpus_per_worker": 1, "max_new_tokens": 16},
+        # send each kind of actor to its own node kind (resources local.sh gives those nodes)
+        "cluster": {"rollout_resources": {"rollout": 1}, "trainer_resources": {"trainer": 1}},
+        "logging": {"tensorboard": False},
+    }
+    (workdir / "run.yaml").write_text(yaml.safe_dump(config))
+    return workdir
+
+
+def test_local_sh_starts_a_head_and_separate_rollout_and_trainer_nodes(cluster):
+    assert "3 nodes" in cluster["up"].stdout, cluster["up"].stdout
+    status = cluster["local_sh"]("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    for node in ("head", "rollout-0", "trainer-0"):
+        assert f"{node}: running" in status.stdout, status.stdout
+    # `ray status` of this cluster: both custom resources, 2 each
+    assert "0.0/2.0 rollout" in status.stdout and "0.0/2.0 trainer" in status.stdout, status.stdout
+    again = cluster["local_sh"]("up")
+    assert again.returncode != 0 and "already running" in again.stderr
+
+
+def test_the_cluster_refuses_clients_without_its_token(cluster):
+    wrong = {**cluster["client_env"], "RAY_AUTH_TOKEN": "0" * 64}  # RAY_AUTH_TOKEN takes precedence over the file
+    res = subprocess.run([str(RAY), "job", "list", "--address", cluster["dashboard"]], env=wrong,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "authentication token" in (res.stdout + res.stderr).lower()
+
+
+def test_job_submit_trains_with_rollout_and_trainer_on_different_nodes(cluster, job_dir, tmp_path):
+    out = tmp_path / "run"
+    res = submit(cluster, job_dir, "--set", f"trainer.output_dir={out}")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert "succeeded" in res.stdout + res.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == STEPS
+    placement = json.loads((out / "placement.json").read_text())
+    nodes = {n["node_id"]: n for n in placement["nodes"]}
+    assert len(nodes) == 3 and sorted(n["labels"]["role"] for n in nodes.values()) == ["head", "rollout", "trainer"]
+    trainer_nodes = {r["node_id"] for r in placement["trainer"]}
+    rollout_nodes = {r["node_id"] for r in placement["rollout"]}
+    assert len(placement["trainer"]) == 2 and len(placement["rollout"]) == 2
+    assert trainer_nodes.isdisjoint(rollout_nodes), placement
+    assert {nodes[n]["labels"]["role"] for n in trainer_nodes} == {"trainer"}
+    assert {nodes[n]["labels"]["role"] for n in rollout_nodes} == {"rollout"}
+    assert all(r["resources"] == {"CPU": 1.0, "trainer": 1.0} for r in placement["trainer"])
+    assert "[placement] rollout" in res.stdout  # the run prints the report too
+
+
+def test_resources_no_node_has_fail_the_job_in_one_line_instead_of_hanging(cluster, job_dir, tmp_path):
+    res = submit(cluster, job_dir, "--set", f"trainer.output_dir={tmp_path / 'run'}", "--set", "cluster.trainer_resources={gpu_node: 1}")
+    text = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "error: trainer: 2 rank(s)" in text and "which no node of the cluster has" in text, text[-3000:]
+
+
+def test_rollout_scaling_benchmark_runs_on_the_cluster(cluster, tmp_path):
+    out = tmp_path / "scaling.json"
+    gcs = f"127.0.0.1:{cluster['env']['DISTILL_RAY_GCS_PORT']}"
+    res = subprocess.run(["nice", "-n", "19", str(REPO / ".venv" / "bin" / "python"), str(REPO / "benchmarks" / "rollout_scaling.py"),
+                          "--quick", "--address", gcs, "--out", str(out)],
+                         env=cluster["client_env"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["workers"] for r in rows] == [1, 2] and all(r["tokens_per_s"] > 0 and r["sequences_per_s"] > 0 for r in rows)
+
+
+def test_down_stops_every_process_the_cluster_started(cluster):
+    pids = {int(p.read_text()) for p in (cluster["state"] / "pids").glob("*.pid")}
+    assert len(pids) == 3
+    ours = set(pids)
+    for pid in pids:
+        ours |= descendants(pid)  # raylets, GCS, dashboard, agents, workers
+    bystander = subprocess.Popen(["sleep", "300"])  # not ours to stop
+    try:
+        down = cluster["local_sh"]("down", timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert [pid for pid in ours if alive(pid)] == []
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
