@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from distill_ray.errors import DistillError
 
@@ -99,6 +100,26 @@ def _cmd_quickstart(args) -> int:
     return 0
 
 
+def _benchmarks_dir() -> Path:
+    """benchmarks/ of the source tree this package runs from (an editable install or a clone)."""
+    here = Path(__file__).resolve().parent.parent / "benchmarks"
+    return here if here.is_dir() else Path.cwd() / "benchmarks"
+
+
+def _cmd_bench(args) -> int:
+    import importlib.util
+
+    root = _benchmarks_dir()
+    names = sorted(p.stem for p in root.glob("*.py")) if root.is_dir() else []
+    if args.name not in names:
+        raise DistillError(f"bench: no benchmark {args.name!r} in {root} (have: {', '.join(names) or 'none'})")
+    spec = importlib.util.spec_from_file_location(f"distill_ray_bench_{args.name}", root / f"{args.name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rc = module.main((["--quick"] if args.quick else []) + list(args.args))
+    return rc if isinstance(rc, int) else 0  # some benchmarks return their result dict
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill-ray", description="Distributed LLM distillation on Ray (OKD, SWITCH, baselines).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="local", help="root directory for data, models and runs")
     p.add_argument("--fast", action="store_true", help="tiny sizes (a smoke run, seconds to minutes)")
     p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("bench", help="run a benchmark of benchmarks/ (writes benchmarks/results/NAME.json, prints a table)")
+    p.add_argument("name", help="okd_vs_sgo, switch_rollout, rollout_throughput, pipeline_overlap, losses, ...")
+    p.add_argument("--quick", action="store_true", help="smoke-test sizes (tiny models, seconds to minutes)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="further options passed to the benchmark (see its --help)")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -104,3 +104,12 @@ def test_train_sft_end_to_end_and_eval(tmp_path, tiny_local):
     result = json.loads(out_json.read_text())
     assert result["greedy"]["overall"]["n"] == 6
     assert set(result["greedy"]["by_length"]) == {"short (<=16)", "medium (17-64)", "long (>64)"}
+
+
+def test_bench_names_an_unknown_benchmark_in_one_line(capsys):
+    from distill_ray.cli import main
+
+    assert main(["bench", "no_such_benchmark"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: bench: no benchmark 'no_such_benchmark'") and "okd_vs_sgo" in err
+    assert len(err.splitlines()) == 1

@@ -61,7 +61,12 @@ def fixed_batch_loss(cfg: Config, student_dir: str, rows) -> float:
     with torch.no_grad():
         teacher = response_output(load_causal_lm(cfg.model.teacher).eval(), batch) if spec.uses_teacher else None
         student = response_output(load_causal_lm(student_dir).eval(), batch)
-        loss, _ = student_loss(spec, ResponseTargets.from_batch(batch), student, teacher)
+        topk = None
+        if cfg.trainer.teacher_mode == "remote":  # the run optimises the sparse top-k objective: measure that one
+            logprobs = torch.log_softmax(teacher.logits.float() / cfg.loss.temperature, dim=-1)
+            values, ids = logprobs.topk(cfg.loss.topk, dim=-1)
+            topk = (ids, values)
+        loss, _ = student_loss(spec, ResponseTargets.from_batch(batch), student, teacher, topk=topk)
     return float(loss)
 
 
