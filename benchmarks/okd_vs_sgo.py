@@ -47,17 +47,9 @@ BREAKDOWN = {  # column -> metric key (seconds per step)
 
 
 def build_models(quick: bool, root: Path) -> dict:
-    from distill_ray.models.build import ModelShape
-    from distill_ray.models.local import LocalModelsSpec, init_local_models
+    from distill_ray.models.local import init_benchmark_models
 
-    if quick:
-        spec = LocalModelsSpec(out_dir=str(root), num_train=400, num_validation=20, num_test=20, vocab_size=600,
-                               teacher=ModelShape(64, 2, 2, 128, max_position_embeddings=512),
-                               student=ModelShape(32, 1, 1, 64, max_position_embeddings=512),
-                               teacher_steps=4, student_steps=2, batch_size=8)
-    else:
-        spec = LocalModelsSpec(out_dir=str(root))  # the quickstart's models (reused when present)
-    return init_local_models(spec, quiet=True)
+    return init_benchmark_models(quick, root)
 
 
 def run_method(method: str, paths: dict, out: Path, args) -> list[dict]:

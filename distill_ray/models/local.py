@@ -177,3 +177,16 @@ def init_local_models(spec: LocalModelsSpec = LocalModelsSpec(), quiet: bool = F
         "student": str(models_dir / "student"),
         "stats": stats,
     }
+
+
+def init_benchmark_models(quick: bool, out_dir: str | Path) -> dict:
+    """The models a benchmark runs on: the quickstart's (reused when present), or with `quick`
+    tiny smoke-test ones (seconds to build). Returns what `init_local_models` returns."""
+    if quick:
+        spec = LocalModelsSpec(out_dir=str(out_dir), num_train=400, num_validation=20, num_test=20, vocab_size=600,
+                               teacher=ModelShape(64, 2, 2, 128, max_position_embeddings=512),
+                               student=ModelShape(32, 1, 1, 64, max_position_embeddings=512),
+                               teacher_steps=4, student_steps=2, batch_size=8)
+    else:
+        spec = LocalModelsSpec(out_dir=str(out_dir))
+    return init_local_models(spec, quiet=True)
