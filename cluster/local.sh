@@ -124,6 +124,26 @@ start_and_wait() {
     return 1
 }
 
+# wait_listed: until `ray status` (the autoscaler's view, refreshed every few seconds, so it lags
+# the nodes' own registration) lists every node kind's resources; a warning, not an error, after
+# 120 s, since the nodes themselves are up
+wait_listed() {
+    local deadline=$(( SECONDS + 120 )) out want=()
+    (( ROLLOUT_NODES > 0 )) && want+=("/$(( ROLLOUT_NODES * ROLLOUT_CPUS )).0 rollout")
+    (( TRAINER_NODES > 0 )) && want+=("/$(( TRAINER_NODES * TRAINER_CPUS )).0 trainer")
+    while :; do
+        out="$("$RAY" status --address "127.0.0.1:$GCS_PORT" 2>/dev/null || true)"
+        local w ok=1
+        for w in "${want[@]}"; do grep -qF -- "$w" <<<"$out" || ok=0; done
+        (( ok )) && return 0
+        if (( SECONDS > deadline )); then
+            echo "warning: \`ray status\` does not list every node yet (cluster/local.sh status shows it later)" >&2
+            return 0
+        fi
+        sleep 2
+    done
+}
+
 print_env() {
     echo "export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT"
     echo "export RAY_AUTH_MODE=token"
@@ -157,6 +177,7 @@ cmd_up() {
             nodes=$(( nodes + 1 ))
         done
     done
+    wait_listed
     trap - INT TERM
     echo "local Ray cluster up: $nodes nodes (head, $ROLLOUT_NODES x rollout {CPU: $ROLLOUT_CPUS, rollout: $ROLLOUT_CPUS}," \
          "$TRAINER_NODES x trainer {CPU: $TRAINER_CPUS, trainer: $TRAINER_CPUS}); state in $DIR"

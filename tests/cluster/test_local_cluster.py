@@ -115,8 +115,9 @@ def test_local_sh_starts_a_head_and_separate_rollout_and_trainer_nodes(cluster):
     assert status.returncode == 0, status.stdout + status.stderr
     for node in ("head", "rollout-0", "trainer-0"):
         assert f"{node}: running" in status.stdout, status.stdout
-    # `ray status` of this cluster: both custom resources, 2 each
-    assert "0.0/2.0 rollout" in status.stdout and "0.0/2.0 trainer" in status.stdout, status.stdout
+    # `ray status` of this cluster: both custom resources, 2 each (`up` waits until the
+    # autoscaler's view, which lags registration by a few seconds, lists both)
+    assert "0.0/2.0 rollout" in status.stdout and "0.0/2.0 trainer" in status.stdout, status.stdout + status.stderr
     again = cluster["local_sh"]("up")
     assert again.returncode != 0 and "already running" in again.stderr
 
