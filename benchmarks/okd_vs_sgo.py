@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import _common  # noqa: E402
 
 BREAKDOWN = {  # column -> metric key (seconds per step)
     "rollout_wait": "timing/rollout_wait",
@@ -53,24 +54,14 @@ def build_models(quick: bool, root: Path) -> dict:
 
 
 def run_method(method: str, paths: dict, out: Path, args) -> list[dict]:
-    from distill_ray.config import load_config
-    from distill_ray.pipeline.driver import connect_ray, run
-    from distill_ray.quickstart import METHODS, _config_path
-
     overrides = [
-        f"model.teacher={paths['teacher']}", f"model.student={paths['student']}",
-        f"data.train={paths['data']}/train.jsonl", f"data.validation={paths['data']}/validation.jsonl",
         "data.test=null", f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.eval_every}",
         f"eval.max_examples={args.eval_examples}", f"eval.max_new_tokens={args.max_new_tokens}",
-        f"rollout.max_new_tokens={args.max_new_tokens}", f"trainer.output_dir={out}",
-        "logging.tensorboard=false", "logging.progress=false",
+        f"rollout.max_new_tokens={args.max_new_tokens}",
     ]
     if args.quick:
         overrides += ["trainer.batch_size=8", "trainer.warmup_steps=1"]
-    cfg = load_config(_config_path(), overrides + METHODS[method])
-    connect_ray(cfg)
-    run(cfg, quiet=True)
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return _common.run_method(method, paths, out, overrides)[1]
 
 
 def train_time(m: dict) -> float:
@@ -158,14 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         "sgo_over_okd_step_time": ratio(sgo["step_seconds"], okd["step_seconds"]),
         "sgo_over_okd_time_to_target": ratio(sgo["time_to_target_seconds"], okd["time_to_target_seconds"]),
         "methods": per_method,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average_before": load_before,
-                    "load_average_after": os.getloadavg()},
+        "machine": _common.machine(load_before),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    out = _common.write_result(args.out, result)
     print(format_table(result))
     print(f"wrote {out}")
     return 0

@@ -5,10 +5,17 @@
 
 Both generators are the torch backend's (`distill_ray.rollout.switch.SwitchGenerator`), with KV
 caches, on one thread, batch size --batch-size (default 1: each prompt on its own, the
-latency regime where drafting pays on CPU). For each target teacher-token fraction (30%, 50%,
-70%) tau0 is calibrated by bisection (decay fixed at --decay), then sequential and drafted
-runs alternate --repeats times over the same prompts; the table reports medians. The two
-generators must produce identical tokens and writer masks (checked on every run).
+latency regime where drafting pays on CPU). Two prompt sets from the test split:
+
+    long    16 prompts whose reference response has 40+ words (counting tasks), up to 200 new
+            tokens: the long responses SWITCH is for. The headline.
+    mixed   the first 48 test prompts (all tasks, most responses under 16 tokens), up to 64.
+
+For each set and target teacher-token fraction (30%, 50%, 70%) tau0 is calibrated by bisection
+on that set's own prompts (decay fixed at --decay); then sequential, drafted (adaptive draft
+lengths of at most --draft-tokens, the default) and fixed-length drafted runs alternate
+--repeats times over the same prompts; the table reports medians. All three must produce
+identical tokens and writer masks (checked on every run).
 
 The ideal speedup, from per-token decode costs c_s and c_t measured in the same run (a
 KV-cached one-token forward of each model alone, same batch, 16 steps after the prompt) and
@@ -18,7 +25,7 @@ i.e. sequential pays both models per token, a perfect drafter only the writer. T
 `efficiency_at_half_teacher` = measured speedup / ideal at the setting closest to 50%.
 
 It also measures the top-k + tail-bucket JSD (the vLLM SWITCH approximation, `rollout.topk_jsd`)
-against the exact JSD on the 50% rollouts: mean/max error and how often the SWITCH decision agrees.
+against the exact JSD on each set's 50% rollouts: mean/max error and how often the SWITCH decision agrees.
 
 Models: --teacher / --student directories (the quickstart's `distill-ray models init`), prompts
 from --prompts (jsonl with "prompt"). When those do not exist, random Llamas of the quickstart
@@ -93,7 +100,9 @@ def load_models(args):
     return teacher, student, {"source": f"random ({why})", **shapes}, 2
 
 
-def load_prompts(args, student_dir: Path, vocab: int, n: int) -> tuple[list[list[int]], str]:
+def load_prompts(args, student_dir: Path, vocab: int, n: int, min_words: int = 0) -> tuple[list[list[int]], str]:
+    """The first `n` prompts of --prompts whose reference response has at least `min_words` words
+    (random prompts for random models)."""
     path = Path(args.prompts)
     if not args.quick and path.is_file() and (student_dir / "tokenizer.json").is_file():
         from distill_ray.config import DataConfig
@@ -102,8 +111,10 @@ def load_prompts(args, student_dir: Path, vocab: int, n: int) -> tuple[list[list
 
         tok = load_tokenizer(student_dir)
         template = DataConfig().template
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][:n]
-        return [encode_prompt(tok, template, r["prompt"]) for r in rows], str(path)
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if len(str(r.get("response", "")).split()) >= min_words][:n]
+        where = f"{path} (responses of {min_words}+ words)" if min_words else str(path)
+        return [encode_prompt(tok, template, r["prompt"]) for r in rows], where
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(4, 24, (n,), generator=g).tolist()
     return [[1] + torch.randint(3, vocab, (k - 1,), generator=g).tolist() for k in lengths], "random"
@@ -142,8 +153,8 @@ def timed_pass(gen: SwitchGenerator, prompts, sampling, batch_size: int, cost_st
     """One timed pass over the prompts, batch by batch: each batch's decode costs, sequential
     and drafted runs are measured back to back, so a shift in the (shared) machine's load hits
     all four alike."""
-    totals = {"sequential": 0.0, "drafted": 0.0, "student": 0.0, "teacher": 0.0}
-    seq_out, dr_out = [], []
+    totals = {"sequential": 0.0, "drafted": 0.0, "drafted_fixed": 0.0, "student": 0.0, "teacher": 0.0}
+    seq_out, dr_out, fixed_out = [], [], []
     for i in range(0, len(prompts), batch_size):
         chunk, index = prompts[i : i + batch_size], list(range(i, min(i + batch_size, len(prompts))))
         totals["student"] += decode_cost(gen.student, chunk, batch_size, cost_steps)
@@ -154,10 +165,15 @@ def timed_pass(gen: SwitchGenerator, prompts, sampling, batch_size: int, cost_st
         start = time.perf_counter()
         dr_out.append(gen.generate_drafted(chunk, sampling, index))
         totals["drafted"] += time.perf_counter() - start
+        gen.adaptive = False  # the same drafts at a fixed length, for comparison
+        start = time.perf_counter()
+        fixed_out.append(gen.generate_drafted(chunk, sampling, index))
+        totals["drafted_fixed"] += time.perf_counter() - start
+        gen.adaptive = True
     chunks = math.ceil(len(prompts) / batch_size)
     totals["student"] /= chunks
     totals["teacher"] /= chunks
-    return {**totals, "seq_out": seq_out, "dr_out": dr_out}
+    return {**totals, "seq_out": seq_out, "dr_out": dr_out, "fixed_out": fixed_out}
 
 
 def fraction(batches) -> float:
@@ -232,10 +248,14 @@ def main(argv=None) -> dict:
     p.add_argument("--teacher", default="local/models/teacher")
     p.add_argument("--student", default="local/models/student")
     p.add_argument("--prompts", default="local/data/synth/test.jsonl")
-    p.add_argument("--num-prompts", type=int, default=48)
+    p.add_argument("--num-prompts", type=int, default=48, help="prompts of the mixed set")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="response cap of the mixed set")
+    p.add_argument("--num-long", type=int, default=16, help="prompts of the long set")
+    p.add_argument("--long-min-words", type=int, default=40, help="long set: reference responses of at least this many words")
+    p.add_argument("--long-max-new-tokens", type=int, default=200, help="response cap of the long set")
+    p.add_argument("--prompt-sets", default="long,mixed")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--draft-tokens", type=int, default=8)
+    p.add_argument("--draft-tokens", type=int, default=8, help="draft length (adaptive: the most)")
     p.add_argument("--decay", type=float, default=0.1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--calibration-iters", type=int, default=10)
@@ -244,34 +264,79 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/switch_rollout.json"))
     args = p.parse_args(argv)
     if args.quick:
-        args.num_prompts, args.max_new_tokens, args.repeats, args.calibration_iters = 4, 12, 1, 4
+        args.num_prompts, args.num_long, args.max_new_tokens, args.long_max_new_tokens = 4, 4, 12, 24
+        args.repeats, args.calibration_iters = 1, 4
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
 
     teacher, student, model_info, eos = load_models(args)
-    prompts, prompt_source = load_prompts(args, Path(args.student), student.config.vocab_size, args.num_prompts)
-    sampling = SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0)
-    gen = SwitchGenerator(teacher, student, tau0=1.0, decay=args.decay, eos_token_id=eos, draft_tokens=args.draft_tokens)
+    gen = SwitchGenerator(teacher, student, tau0=1.0, decay=args.decay, eos_token_id=eos, draft_tokens=args.draft_tokens,
+                          adaptive=True)
     model_info["teacher_parameters"] = count_parameters(teacher)
     model_info["student_parameters"] = count_parameters(student)
     model_info["vocab_size"] = student.config.vocab_size
+    vocab = student.config.vocab_size
+    sets = {}
+    for name in args.prompt_sets.split(","):
+        if name == "long":
+            prompts, source = load_prompts(args, Path(args.student), vocab, args.num_long, args.long_min_words)
+            max_new = args.long_max_new_tokens
+        elif name == "mixed":
+            prompts, source = load_prompts(args, Path(args.student), vocab, args.num_prompts)
+            max_new = args.max_new_tokens
+        else:
+            p.error(f"--prompt-sets: unknown set {name!r} (have: long, mixed)")
+        print(f"-- prompt set {name}: {len(prompts)} prompts from {source}, up to {max_new} new tokens", flush=True)
+        sets[name] = measure_set(gen, prompts, SamplingConfig(temperature=1.0, max_new_tokens=max_new, seed=0), args)
+        sets[name]["prompts"] = {"source": source, "count": len(prompts), "max_new_tokens": max_new}
 
-    # warm-up (first calls allocate)
-    run_switch(gen, prompts[:2], sampling, args.batch_size, drafted=True)
+    head = sets["long"] if "long" in sets else next(iter(sets.values()))
+    result = {
+        "question": "tokens/s of drafted vs sequential SWITCH (torch backend, KV caches), against the ideal speedup",
+        "models": model_info,
+        "settings": {
+            "batch_size": args.batch_size, "draft_tokens": args.draft_tokens, "adaptive": True,
+            "decay": args.decay, "temperature": 1.0, "repeats": args.repeats, "torch_threads": args.threads,
+            "quick": args.quick,
+        },
+        "headline_set": "long" if "long" in sets else next(iter(sets)),
+        "speedup_at_half_teacher": head["speedup_at_half_teacher"],
+        "efficiency_at_half_teacher": head["efficiency_at_half_teacher"],
+        "teacher_fraction_at_half": head["teacher_fraction_at_half"],
+        "target_efficiency": GOAL_EFFICIENCY,
+        "meets_target": head["efficiency_at_half_teacher"] >= GOAL_EFFICIENCY,
+        "all_identical": all(r["identical_outputs"] for s in sets.values() for r in s["rows"]),
+        "sets": sets,
+        "machine": {
+            "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        },
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.out)
+    print_table(result)
+    return result
+
+
+def measure_set(gen: SwitchGenerator, prompts, sampling: SamplingConfig, args) -> dict:
+    """Calibrate tau0 for each target fraction on these prompts, then time sequential, adaptive
+    drafted and fixed-length drafted runs side by side; medians over --repeats passes."""
+    run_switch(gen, prompts[:2], sampling, args.batch_size, drafted=True)  # warm-up (first calls allocate)
+    cost_steps = min(sampling.max_new_tokens, 16)
     all_costs: dict[str, list[float]] = {"student": [], "teacher": []}
-    cost_steps = min(args.max_new_tokens, 16)
-
     rows = []
-    calib = prompts[: max(4, len(prompts) // 3)]
     for target in TARGETS:
-        tau0 = calibrate_tau0(gen, calib, sampling, args.batch_size, target, args.calibration_iters)
+        tau0 = calibrate_tau0(gen, prompts, sampling, args.batch_size, target, args.calibration_iters)
         gen.tau0 = tau0
         passes = [timed_pass(gen, prompts, sampling, args.batch_size, cost_steps) for _ in range(args.repeats)]
-        seq_out, dr_out = passes[-1]["seq_out"], passes[-1]["dr_out"]
-        identical = all(same_outputs(p["seq_out"], p["dr_out"]) for p in passes)
+        seq_out, dr_out, fixed_out = passes[-1]["seq_out"], passes[-1]["dr_out"], passes[-1]["fixed_out"]
+        identical = all(same_outputs(p["seq_out"], p["dr_out"]) and same_outputs(p["seq_out"], p["fixed_out"]) for p in passes)
         tokens = sum(b.num_response_tokens for b in seq_out)
         f = fraction(seq_out)
-        med = {name: statistics.median(p[name] for p in passes) for name in ("sequential", "drafted", "student", "teacher")}
+        names = ("sequential", "drafted", "drafted_fixed", "student", "teacher")
+        med = {name: statistics.median(p[name] for p in passes) for name in names}
         c_s, c_t = med["student"], med["teacher"]
         for name in all_costs:
             all_costs[name] += [p[name] for p in passes]
@@ -283,68 +348,58 @@ def main(argv=None) -> dict:
             "tau0": tau0,
             "teacher_fraction": f,
             "tokens": tokens,
+            "mean_response_tokens": tokens / len(prompts),
             "sequential_tokens_per_s": tokens / med["sequential"],
             "drafted_tokens_per_s": tokens / med["drafted"],
             "speedup": speedup,
             "ideal_speedup": ideal,
             "efficiency": speedup / ideal,
+            "fixed_speedup": med["sequential"] / med["drafted_fixed"],
+            "fixed_efficiency": med["sequential"] / med["drafted_fixed"] / ideal,
             "tokens_per_check": tokens / rounds,
+            "fixed_tokens_per_check": tokens / sum(b.metrics["switch/rounds"] for b in fixed_out),
             "decode_cost_ms": {"student": c_s * 1e3, "teacher": c_t * 1e3},
             "identical_outputs": bool(identical),
             "sequential_seconds": [p["sequential"] for p in passes],
             "drafted_seconds": [p["drafted"] for p in passes],
+            "drafted_fixed_seconds": [p["drafted_fixed"] for p in passes],
             "_batches": dr_out,
         })
     half = min(rows, key=lambda r: abs(r["teacher_fraction"] - 0.5))
-    topk = topk_error(teacher, student, half.pop("_batches"), half["tau0"], args.decay)
+    topk = topk_error(gen.teacher, gen.student, half["_batches"], half["tau0"], args.decay)
     for r in rows:
         r.pop("_batches", None)
-
-    result = {
-        "question": "tokens/s of drafted vs sequential SWITCH (torch backend, KV caches), against the ideal speedup",
-        "models": model_info,
-        "prompts": {"source": prompt_source, "count": len(prompts)},
-        "settings": {
-            "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "draft_tokens": args.draft_tokens,
-            "decay": args.decay, "temperature": 1.0, "repeats": args.repeats, "torch_threads": args.threads,
-            "quick": args.quick,
-        },
-        "decode_cost_ms": {name: statistics.median(v) * 1e3 for name, v in all_costs.items()},
+    return {
         "rows": rows,
+        "decode_cost_ms": {name: statistics.median(v) * 1e3 for name, v in all_costs.items()},
         "speedup_at_half_teacher": half["speedup"],
         "efficiency_at_half_teacher": half["efficiency"],
         "teacher_fraction_at_half": half["teacher_fraction"],
-        "target_efficiency": GOAL_EFFICIENCY,
-        "meets_target": half["efficiency"] >= GOAL_EFFICIENCY,
-        "all_identical": all(r["identical_outputs"] for r in rows),
         "topk_jsd_error_at_half": topk,
-        "machine": {
-            "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        },
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print_table(result)
-    return result
 
 
 def print_table(result: dict) -> None:
-    c = result["decode_cost_ms"]
-    print(f"models: {result['models']['source']}; decode cost per token: student {c['student']:.2f} ms, "
-          f"teacher {c['teacher']:.2f} ms; batch {result['settings']['batch_size']}, k={result['settings']['draft_tokens']}")
-    print(f"{'target':>6} {'tau0':>8} {'f':>6} {'seq tok/s':>10} {'draft tok/s':>12} {'speedup':>8} {'ideal':>6} "
-          f"{'eff':>6} {'tok/check':>9} {'same':>5}")
-    for r in result["rows"]:
-        print(f"{r['target_fraction']:>6.2f} {r['tau0']:>8.3f} {r['teacher_fraction']:>6.2f} "
-              f"{r['sequential_tokens_per_s']:>10.0f} {r['drafted_tokens_per_s']:>12.0f} {r['speedup']:>8.2f} "
-              f"{r['ideal_speedup']:>6.2f} {r['efficiency']:>6.2f} {r['tokens_per_check']:>9.2f} "
-              f"{str(r['identical_outputs']):>5}")
-    print(f"efficiency at ~50% teacher: {result['efficiency_at_half_teacher']:.2f} "
-          f"(target >= {GOAL_EFFICIENCY}); speedup {result['speedup_at_half_teacher']:.2f}x")
-    for k, e in result["topk_jsd_error_at_half"].items():
-        print(f"top-{k} JSD: mean |error| {e['mean_abs_error']:.4f} (exact mean {e['mean_exact_jsd']:.3f}), "
-              f"decision agreement {e['decision_agreement']:.3f}, teacher top-k mass {e['teacher_top_k_mass']:.3f}")
+    print(f"models: {result['models']['source']}; batch {result['settings']['batch_size']}, adaptive drafts of at most "
+          f"k={result['settings']['draft_tokens']} (fixed: always k)")
+    for name, st in result["sets"].items():
+        c = st["decode_cost_ms"]
+        print(f"\n{name}: {st['prompts']['count']} prompts, up to {st['prompts']['max_new_tokens']} new tokens; decode cost "
+              f"per token: student {c['student']:.2f} ms, teacher {c['teacher']:.2f} ms")
+        print(f"{'target':>6} {'tau0':>8} {'f':>6} {'tok/resp':>8} {'seq tok/s':>10} {'draft tok/s':>12} {'speedup':>8} "
+              f"{'ideal':>6} {'eff':>6} {'fixed eff':>9} {'tok/check':>9} {'same':>5}")
+        for r in st["rows"]:
+            print(f"{r['target_fraction']:>6.2f} {r['tau0']:>8.3f} {r['teacher_fraction']:>6.2f} {r['mean_response_tokens']:>8.1f} "
+                  f"{r['sequential_tokens_per_s']:>10.0f} {r['drafted_tokens_per_s']:>12.0f} {r['speedup']:>8.2f} "
+                  f"{r['ideal_speedup']:>6.2f} {r['efficiency']:>6.2f} {r['fixed_efficiency']:>9.2f} {r['tokens_per_check']:>9.2f} "
+                  f"{str(r['identical_outputs']):>5}")
+        print(f"efficiency at ~50% teacher: {st['efficiency_at_half_teacher']:.2f} (target >= {GOAL_EFFICIENCY}); "
+              f"speedup {st['speedup_at_half_teacher']:.2f}x")
+        for k, e in st["topk_jsd_error_at_half"].items():
+            print(f"top-{k} JSD: mean |error| {e['mean_abs_error']:.4f} (exact mean {e['mean_exact_jsd']:.3f}), "
+                  f"decision agreement {e['decision_agreement']:.3f}, teacher top-k mass {e['teacher_top_k_mass']:.3f}")
+    print(f"\nheadline ({result['headline_set']} set): efficiency {result['efficiency_at_half_teacher']:.2f}, "
+          f"speedup {result['speedup_at_half_teacher']:.2f}x at {result['teacher_fraction_at_half']:.2f} teacher tokens")
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def _cmd_bench(args) -> int:
     import importlib.util
 
     root = _benchmarks_dir()
-    names = sorted(p.stem for p in root.glob("*.py")) if root.is_dir() else []
+    names = sorted(p.stem for p in root.glob("*.py") if not p.stem.startswith("_")) if root.is_dir() else []
     if args.name not in names:
         raise DistillError(f"bench: no benchmark {args.name!r} in {root} (have: {', '.join(names) or 'none'})")
     spec = importlib.util.spec_from_file_location(f"distill_ray_bench_{args.name}", root / f"{args.name}.py")

@@ -51,3 +51,20 @@ def tiny_local(tmp_path_factory):
         batch_size=8,
     )
     return init_local_models(spec, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """Import benchmarks/NAME.py as a module (benchmarks/ is not a package): load_benchmark("quality")."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", root / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -112,4 +112,5 @@ def test_bench_names_an_unknown_benchmark_in_one_line(capsys):
     assert main(["bench", "no_such_benchmark"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: bench: no benchmark 'no_such_benchmark'") and "okd_vs_sgo" in err
+    assert "quality" in err and "_common" not in err  # helper modules are not benchmarks
     assert len(err.splitlines()) == 1

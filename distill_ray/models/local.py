@@ -108,8 +108,12 @@ def sft(model, tokenizer, encoded, steps: int, lr: float, batch_size: int, seed:
     return losses
 
 
-def init_local_models(spec: LocalModelsSpec = LocalModelsSpec(), quiet: bool = False) -> dict:
-    """Make (or reuse) data, tokenizer, teacher and student under spec.out_dir. Returns paths and stats."""
+def init_local_models(spec: LocalModelsSpec = LocalModelsSpec(), quiet: bool = False,
+                      extra_students: dict[str, ModelShape] | None = None) -> dict:
+    """Make (or reuse) data, tokenizer, teacher and student under spec.out_dir. Returns paths and stats.
+
+    `extra_students` {name: shape}: more warm-up students of other sizes (same recipe as the
+    student: steps, rate, data), in models/student-NAME; their paths under "students"."""
     torch.manual_seed(spec.seed)
     root = Path(spec.out_dir)
     data_dir, models_dir = root / "data" / "synth", root / "models"
@@ -143,12 +147,13 @@ def init_local_models(spec: LocalModelsSpec = LocalModelsSpec(), quiet: bool = F
     encoded, report = encode_examples(train, tokenizer, TEMPLATE, max_prompt_tokens=128, max_response_tokens=256)
     _say(f"[models init] training rows: {report}", quiet)
 
-    for role, shape, steps, lr in (
-        ("teacher", spec.teacher, spec.teacher_steps, spec.teacher_lr),
-        ("student", spec.student, spec.student_steps, spec.student_lr),
-    ):
+    roles = [("teacher", spec.teacher, spec.teacher_steps, spec.teacher_lr),
+             ("student", spec.student, spec.student_steps, spec.student_lr)]
+    roles += [(f"student-{name}", shape, spec.student_steps, spec.student_lr) for name, shape in (extra_students or {}).items()]
+    for role, shape, steps, lr in roles:
         path = models_dir / role
-        fingerprint = spec.fingerprint(role)
+        fingerprint = spec.fingerprint("teacher" if role == "teacher" else "student")
+        fingerprint["teacher" if role == "teacher" else "student"] = asdict(shape)
         if _is_done(path, fingerprint):
             _say(f"[models init] reusing {role} in {path}", quiet)
             continue
@@ -175,13 +180,22 @@ def init_local_models(spec: LocalModelsSpec = LocalModelsSpec(), quiet: bool = F
         "tokenizer": str(tok_dir),
         "teacher": str(models_dir / "teacher"),
         "student": str(models_dir / "student"),
+        "students": {name: str(models_dir / f"student-{name}") for name in (extra_students or {})},
         "stats": stats,
     }
 
 
-def init_benchmark_models(quick: bool, out_dir: str | Path) -> dict:
+# The benchmarks' second student size (benchmarks/quality.py): 0.32M parameters, 4x smaller than
+# the teacher, against the quickstart student's 13x (a small and a large teacher/student gap).
+LARGE_STUDENT = ModelShape(64, 3, 2, 256, max_position_embeddings=512)
+QUICK_LARGE_STUDENT = ModelShape(32, 2, 1, 64, max_position_embeddings=512)
+
+
+def init_benchmark_models(quick: bool, out_dir: str | Path, large_student: bool = False) -> dict:
     """The models a benchmark runs on: the quickstart's (reused when present), or with `quick`
-    tiny smoke-test ones (seconds to build). Returns what `init_local_models` returns."""
+    tiny smoke-test ones (seconds to build). `large_student` adds LARGE_STUDENT (or its quick
+    counterpart) as students["large"]. Returns what `init_local_models` returns."""
+    extra = {"large": QUICK_LARGE_STUDENT if quick else LARGE_STUDENT} if large_student else None
     if quick:
         spec = LocalModelsSpec(out_dir=str(out_dir), num_train=400, num_validation=20, num_test=20, vocab_size=600,
                                teacher=ModelShape(64, 2, 2, 128, max_position_embeddings=512),
@@ -189,4 +203,4 @@ def init_benchmark_models(quick: bool, out_dir: str | Path) -> dict:
                                teacher_steps=4, student_steps=2, batch_size=8)
     else:
         spec = LocalModelsSpec(out_dir=str(out_dir))
-    return init_local_models(spec, quiet=True)
+    return init_local_models(spec, quiet=True, extra_students=extra)

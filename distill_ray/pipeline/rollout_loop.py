@@ -79,7 +79,8 @@ class RolloutPipeline:
             torch_threads=max(1, int(cfg.rollout.num_cpus_per_worker)),
         )
         self._switch_params = SwitchParams(
-            tau0=cfg.method.switch.tau0, decay=cfg.method.switch.decay, draft_tokens=cfg.method.switch.draft_tokens
+            tau0=cfg.method.switch.tau0, decay=cfg.method.switch.decay, draft_tokens=cfg.method.switch.draft_tokens,
+            adaptive=cfg.method.switch.adaptive_draft,
         )
         rc = cfg.rollout
         if cfg.cluster.check_resources:  # Ray would wait forever for a worker no node can hold

@@ -67,6 +67,7 @@ class SwitchGenerator:
         draft_tokens: int = 8,
         teacher_draft_tokens: int | None = None,
         handover: int | None = None,
+        adaptive: bool = False,
     ):
         if teacher.config.vocab_size != student.config.vocab_size:
             raise DistillError(
@@ -80,6 +81,8 @@ class SwitchGenerator:
         self.draft_tokens = draft_tokens  # tokens per student draft
         self.teacher_draft_tokens = teacher_draft_tokens  # tokens per teacher draft (None: draft_tokens)
         self.handover = handover  # response position from which the teacher drafts (None: the last writer drafts)
+        self.adaptive = adaptive  # adapt each model's draft length to its recent runs (the lengths are then maxima)
+        self._k_carry: dict[bool, int] = {}  # adaptive: the draft lengths the last call ended with
         self.policy_version = 0
 
     # ------------------------------------------------------------------ the rule
@@ -167,10 +170,14 @@ class SwitchGenerator:
         position = torch.zeros(B, dtype=torch.long)  # response tokens accepted so far, per active row
         last_writer = torch.zeros(B, dtype=torch.bool)  # True: the teacher wrote the row's last token
         rounds = drafted = 0
+        k_max = {True: k_teacher, False: k_student}
+        # draft length per drafter: adaptive lengths carry over from the previous call (a short
+        # response gives too few rounds to learn the run lengths from scratch)
+        k_now = {d: min(k, self._k_carry.get(d, k)) if self.adaptive else k for d, k in k_max.items()}
         while len(active):
             room = sampling.max_new_tokens - position  # [A] >= 1
             teacher_drafts = self._teacher_drafts(position, last_writer)
-            block = min(k_teacher if teacher_drafts else k_student, int(room.max()))
+            block = min(k_now[teacher_drafts], int(room.max()))
             drafter, checker = caches[teacher_drafts], caches[not teacher_drafts]
             d_stream = TEACHER_STREAM if teacher_drafts else STUDENT_STREAM
             c_stream = STUDENT_STREAM if teacher_drafts else TEACHER_STREAM
@@ -215,6 +222,8 @@ class SwitchGenerator:
                 logits = c_logits[rows_r.to(dev), at.to(dev)]
                 draft[rows_r, at] = sample_tokens(logits, u, sampling.temperature, sampling.top_p).cpu()
             accepted = torch.where(rejected, n_ok + 1, n_ok)
+            if self.adaptive:
+                k_now[teacher_drafts] = self._next_draft_length(k_now[teacher_drafts], k_max[teacher_drafts], block, n_ok)
             counts, finished = stop_counts(draft, accepted, room, self.eos_token_id)
             writers = torch.where(torch.arange(block)[None, :] < n_ok[:, None], teacher_drafts, not teacher_drafts)
             out.write(active, draft, s_logp.gather(2, draft.to(dev)[:, :, None])[:, :, 0], writers, counts)
@@ -232,8 +241,18 @@ class SwitchGenerator:
                     cache.select_rows(alive)
             active, pending, position, last_writer = active[alive], pending[alive], position[alive], last_writer[alive]
             rounds += 1
+        self._k_carry = k_now
         metrics = self._metrics(out, prompt_mask, time.perf_counter() - start, rounds=rounds, drafted=drafted)
         return out.to_batch(prompt_ids, prompt_mask, index, self.policy_version, metrics, self.pad_token_id)
+
+    @staticmethod
+    def _next_draft_length(k: int, k_max: int, block: int, n_ok: torch.Tensor) -> int:
+        """The drafter's next draft length from this round: every row kept the whole block, so
+        its run may go on: twice as long (up to k_max); else the rows' mean run length plus one
+        (the position the drafter lost), so the next draft ends about where a run ends."""
+        if bool((n_ok >= block).all()):
+            return min(k_max, max(2 * block, k))
+        return max(1, min(k_max, round(float(n_ok.double().mean())) + 1))
 
     # ------------------------------------------------------------------ metrics
 

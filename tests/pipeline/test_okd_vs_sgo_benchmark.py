@@ -3,20 +3,14 @@ JSON with the headline keys and each method's time breakdown; no timing assertio
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.mark.slow
-def test_okd_vs_sgo_quick(ray_local, tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_okd_vs_sgo", ROOT / "benchmarks" / "okd_vs_sgo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_okd_vs_sgo_quick(ray_local, tmp_path, load_benchmark):
+    module = load_benchmark("okd_vs_sgo")
     out = tmp_path / "okd_vs_sgo.json"
     assert module.main(["--quick", "--methods", "okd,sgo", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -36,3 +30,10 @@ def test_okd_vs_sgo_quick(ray_local, tmp_path):
     # the target is met by definition by whichever of the two ends lower
     lower = min(result["methods"], key=lambda m: result["methods"][m]["final_rouge_l"])
     assert result["methods"][lower]["time_to_target_seconds"] is not None
+
+    # the plots made from it (benchmarks/plots.py): valid PNGs
+    plots = load_benchmark("plots")
+    assert plots.main(["--results", str(tmp_path)]) == 0
+    for png in ("quality_vs_time.png", "time_breakdown.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png

@@ -37,13 +37,14 @@ def sequential_runs(model_pair, prompts64):
     return sampling, runs
 
 
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed", "adaptive"])
 @pytest.mark.parametrize("k", [1, 4, 8])
 @pytest.mark.parametrize("tau0,decay", SETTINGS)
-def test_drafted_equals_sequential(model_pair, prompts64, sequential_runs, tau0, decay, k):
+def test_drafted_equals_sequential(model_pair, prompts64, sequential_runs, tau0, decay, k, adaptive):
     sampling, runs = sequential_runs
     reference = runs[(tau0, decay)]
     gen = SwitchGenerator(model_pair.teacher, model_pair.student, tau0=tau0, decay=decay,
-                          eos_token_id=model_pair.eos_token_id, draft_tokens=k)
+                          eos_token_id=model_pair.eos_token_id, draft_tokens=k, adaptive=adaptive)
     drafted = gen.generate_drafted(prompts64, sampling)
     assert same_rows(drafted, reference)
     torch.testing.assert_close(drafted.logprobs, reference.logprobs, atol=1e-5, rtol=0)
@@ -51,6 +52,27 @@ def test_drafted_equals_sequential(model_pair, prompts64, sequential_runs, tau0,
     if k > 1:
         # drafting must actually save rounds (several tokens per check)
         assert drafted.metrics["switch/rounds"] < reference.metrics["switch/rounds"]
+
+
+def test_adaptive_draft_length_drafts_less_where_writers_alternate(model_pair, prompts64, sequential_runs):
+    sampling, runs = sequential_runs
+    drafted = {}
+    for adaptive in (False, True):
+        gen = SwitchGenerator(model_pair.teacher, model_pair.student, tau0=0.5, decay=0.05,
+                              eos_token_id=model_pair.eos_token_id, draft_tokens=8, adaptive=adaptive)
+        drafted[adaptive] = gen.generate_drafted(prompts64, sampling)
+        assert same_rows(drafted[adaptive], runs[(0.5, 0.05)])
+    # fewer drafted tokens thrown away: the adaptive length follows the runs of each writer
+    assert drafted[True].metrics["switch/draft_tokens"] < drafted[False].metrics["switch/draft_tokens"]
+
+
+def test_next_draft_length_grows_on_a_kept_block_and_shrinks_to_the_runs():
+    step = SwitchGenerator._next_draft_length
+    assert step(2, 8, 2, torch.tensor([2, 2])) == 4  # every row kept the block: double
+    assert step(8, 8, 8, torch.tensor([8])) == 8  # never above the maximum
+    assert step(8, 8, 3, torch.tensor([3])) == 8  # a block cut short by room or EOS does not shrink it
+    assert step(8, 8, 8, torch.tensor([2, 8])) == 6  # mean run 5 + the lost position
+    assert step(4, 8, 4, torch.tensor([0, 0])) == 1  # never below one
 
 
 def test_the_settings_cover_mixed_writers_and_eos(sequential_runs):

@@ -1,0 +1,205 @@
+"""Quality of each method on the test split, overall and by response length, for two student sizes.
+
+    python benchmarks/quality.py                  # quickstart models (+ a larger student), 5 methods x 2 sizes x 3 seeds
+    python benchmarks/quality.py --quick --out /tmp/quality.json    # tiny models, a smoke test
+
+Every run is the quickstart's (configs/quickstart.yaml plus the method's settings in
+distill_ray/quickstart.py: 2 DeepSpeed ZeRO-2 ranks, 1 torch rollout worker, same steps, batch and
+optimizer), from the same SFT warm-up student, and is scored on the same test rows with greedy
+decoding. Two students against the one teacher (1.31M parameters):
+
+    small   the quickstart student, 32 wide x 2 layers (0.10M): a large gap (13x)
+    large   LARGE_STUDENT in distill_ray/models/local.py, 64 x 3 (0.32M): a small gap (4x)
+
+Each (size, method) runs with --seeds (trainer.seed and data.shuffle_seed: data order, sampling,
+OKD module init); the JSON gives every seed's scores and their mean and standard deviation,
+overall and per reference-length bucket (distill_ray/eval/metrics.py LENGTH_BUCKETS), plus the
+teacher's and each warm-up student's scores on the same rows, and the differences the papers'
+claims are about (`claims`):
+
+    switch_minus_best_other_by_length   SWITCH's ROUGE-L minus the best other method's, per bucket
+                                        and size (the SWITCH paper: the gain grows with response
+                                        length and with the teacher/student gap)
+    okd_minus_best_sgo                  OKD's ROUGE-L minus the better of sgo and switch (the OKD
+                                        paper: OKD matches or beats the student-generated methods)
+
+Progress goes to stdout; a partial JSON (NAME.partial.json) is rewritten after every run, so an
+interrupted benchmark keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import _common  # noqa: E402
+
+METRICS = ("exact_match", "rouge_l", "mean_length")
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """Mean and standard deviation over seeds of each metric, overall and per length bucket."""
+    out = {"overall": {m: mean_std([s["overall"][m] for s in per_seed]) for m in METRICS}, "by_length": {}}
+    for bucket in per_seed[0]["by_length"]:
+        rows = [s["by_length"][bucket] for s in per_seed]
+        if rows[0]["n"]:
+            out["by_length"][bucket] = {"n": rows[0]["n"], **{m: mean_std([r[m] for r in rows]) for m in METRICS}}
+    return out
+
+
+def claims(sizes: dict) -> dict:
+    """The differences the two papers' claims are about, from the mean ROUGE-L over seeds."""
+    out: dict = {"switch_minus_best_other_by_length": {}, "okd_minus_best_sgo": {}}
+    for size, s in sizes.items():
+        agg = {m: r["aggregate"] for m, r in s["methods"].items()}
+        if "switch" in agg and len(agg) > 1:
+            out["switch_minus_best_other_by_length"][size] = {
+                bucket: stats["rouge_l"]["mean"] - max(a["by_length"][bucket]["rouge_l"]["mean"]
+                                                       for m, a in agg.items() if m != "switch")
+                for bucket, stats in agg["switch"]["by_length"].items()
+            }
+        sgo_like = [m for m in ("sgo", "switch") if m in agg]
+        if "okd" in agg and sgo_like:
+            out["okd_minus_best_sgo"][size] = agg["okd"]["overall"]["rouge_l"]["mean"] - max(
+                agg[m]["overall"]["rouge_l"]["mean"] for m in sgo_like)
+    return out
+
+
+def evaluate_reference(path: str, paths: dict, args) -> tuple[dict, int]:
+    """Greedy test-split scores of a model as it is (the teacher, a warm-up student), and its size."""
+    from distill_ray.config import load_config
+    from distill_ray.data.prepare import prepare_split
+    from distill_ray.eval.evaluate import evaluate_model
+    from distill_ray.models.build import count_parameters, load_causal_lm
+    from distill_ray.models.tokenizer import load_tokenizer
+    from distill_ray.quickstart import _config_path
+
+    cfg = load_config(_config_path(), [f"data.test={paths['data']}/test.jsonl"])
+    tokenizer = load_tokenizer(path)
+    test, _ = prepare_split(cfg.data, tokenizer, cfg.data.test, shuffle=False, max_rows=args.test_examples)
+    model = load_causal_lm(path)
+    res = evaluate_model(model, tokenizer, test, max_new_tokens=args.max_new_tokens, batch_size=cfg.eval.batch_size)
+    return {"overall": res["overall"], "by_length": res["by_length"]}, count_parameters(model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", default="sft,kd,okd,sgo,switch")
+    p.add_argument("--sizes", default="small,large", help="student sizes: small (quickstart student), large")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=120, help="training steps per run (the quickstart's)")
+    p.add_argument("--test-examples", type=int, default=200, help="test rows scored (the quickstart's)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--models", default=str(ROOT / "local"), help="root of the local models (built if missing)")
+    p.add_argument("--quick", action="store_true", help="tiny models, 2 steps, 8 test rows: a smoke test")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
+    args = p.parse_args(argv)
+    methods, sizes = args.methods.split(","), args.sizes.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if unknown := set(sizes) - {"small", "large"}:
+        p.error(f"--sizes: unknown size(s) {sorted(unknown)} (have: small, large)")
+    if args.quick:
+        args.steps, args.test_examples, args.max_new_tokens = 2, 8, 16
+
+    import ray
+
+    from distill_ray.models.local import init_benchmark_models
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    work = Path(tempfile.mkdtemp(prefix="quality_"))
+    print(f"[quality] models in {work / 'models' if args.quick else args.models} (built if missing)", flush=True)
+    paths = init_benchmark_models(args.quick, work / "models" if args.quick else Path(args.models), large_student="large" in sizes)
+    students = {"small": paths["student"], **paths["students"]}
+    overrides = [f"data.test={paths['data']}/test.jsonl", "data.validation=null", f"trainer.max_steps={args.steps}",
+                 f"eval.max_examples={args.test_examples}", f"eval.max_new_tokens={args.max_new_tokens}",
+                 f"rollout.max_new_tokens={args.max_new_tokens}"]
+    if args.quick:
+        overrides += ["trainer.batch_size=8", "trainer.warmup_steps=1"]
+
+    load_before = os.getloadavg()
+    t_all = time.perf_counter()
+    teacher, teacher_params = evaluate_reference(paths["teacher"], paths, args)
+    result = {
+        "question": "test-split quality of each method, by response length, for a large and a small teacher/student gap",
+        "settings": {"methods": methods, "sizes": sizes, "seeds": seeds, "steps": args.steps,
+                     "test_examples": args.test_examples, "max_new_tokens": args.max_new_tokens, "quick": args.quick,
+                     "config": "configs/quickstart.yaml + distill_ray/quickstart.py METHODS"},
+        "teacher": {"parameters": teacher_params, **teacher},
+        "sizes": {},
+    }
+    partial = Path(args.out).with_suffix(".partial.json")
+    total, done = len(sizes) * len(seeds) * len(methods), 0
+    own_ray = not ray.is_initialized()  # inside the test suite the session's Ray is reused, not shut down
+    try:
+        for size in sizes:
+            warmup, params = evaluate_reference(students[size], paths, args)
+            entry = result["sizes"][size] = {"parameters": params, "gap": teacher_params / params, "warmup": warmup,
+                                             "methods": {m: {"seeds": {}} for m in methods}}
+            print(f"[quality] {size} student: {params / 1e6:.2f}M parameters ({entry['gap']:.1f}x smaller than the "
+                  f"teacher), warm-up ROUGE-L {warmup['overall']['rouge_l']:.3f}", flush=True)
+            for seed in seeds:
+                for method in methods:
+                    done += 1
+                    t0 = time.perf_counter()
+                    out = work / f"{size}-{method}-{seed}"
+                    res, _ = _common.run_method(method, paths, out, overrides + [f"trainer.seed={seed}", f"data.shuffle_seed={seed}"],
+                                                student=students[size])
+                    test = res["test"]
+                    entry["methods"][method]["seeds"][str(seed)] = {
+                        "overall": test["overall"], "by_length": test["by_length"],
+                        "train_seconds": res["train_seconds"], "wall_seconds": time.perf_counter() - t0}
+                    print(f"[quality] {done}/{total} {size} {method} seed {seed}: exact match {test['overall']['exact_match']:.3f}"
+                          f" ROUGE-L {test['overall']['rouge_l']:.3f} ({time.perf_counter() - t0:.0f}s,"
+                          f" {time.perf_counter() - t_all:.0f}s in all)", flush=True)
+                    _common.write_result(partial, result)
+    finally:
+        if own_ray and ray.is_initialized():
+            ray.shutdown()
+    for entry in result["sizes"].values():
+        for r in entry["methods"].values():
+            r["aggregate"] = aggregate(list(r["seeds"].values()))
+    result["claims"] = claims(result["sizes"])
+    result["total_seconds"] = time.perf_counter() - t_all
+    result["machine"] = _common.machine(load_before)
+    out = _common.write_result(args.out, result)
+    partial.unlink(missing_ok=True)
+    print(format_table(result))
+    print(f"wrote {out}")
+    return 0
+
+
+def format_table(result: dict) -> str:
+    buckets = list(next(iter(result["sizes"].values()))["warmup"]["by_length"]) if result["sizes"] else []
+    pm = lambda s: f"{s['mean']:.3f}±{s['std']:.3f}"  # noqa: E731
+    lines = []
+    for size, entry in result["sizes"].items():
+        head = f"{size} student ({entry['gap']:.1f}x gap)"
+        cols = f"{'exact match':>13} {'ROUGE-L':>13} " + " ".join(f"{b:>16}" for b in buckets)
+        lines += ["", f"{head:<26}{cols}", "-" * (26 + len(cols))]
+        for name, scores in (("teacher", result["teacher"]), ("warm-up (SFT)", entry["warmup"])):
+            o = scores["overall"]
+            lines.append(f"{name:<26}{o['exact_match']:>13.3f} {o['rouge_l']:>13.3f} "
+                         + " ".join(f"{scores['by_length'][b]['rouge_l'] or 0:>16.3f}" for b in buckets))
+        for method, r in entry["methods"].items():
+            a = r["aggregate"]
+            lines.append(f"{method:<26}{pm(a['overall']['exact_match']):>13} {pm(a['overall']['rouge_l']):>13} "
+                         + " ".join(f"{pm(a['by_length'][b]['rouge_l']) if b in a['by_length'] else '-':>16}" for b in buckets))
+    seeds = len(result["settings"]["seeds"])
+    lines.append(f"\nmean ± standard deviation over {seeds} seed(s); length buckets: ROUGE-L by reference length in tokens")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
