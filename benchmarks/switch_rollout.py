@@ -12,10 +12,16 @@ latency regime where drafting pays on CPU). Two prompt sets from the test split:
     mixed   the first 48 test prompts (all tasks, most responses under 16 tokens), up to 64.
 
 For each set and target teacher-token fraction (30%, 50%, 70%) tau0 is calibrated by bisection
-on that set's own prompts (decay fixed at --decay); then sequential, drafted (adaptive draft
-lengths of at most --draft-tokens, the default) and fixed-length drafted runs alternate
---repeats times over the same prompts; the table reports medians. All three must produce
-identical tokens and writer masks (checked on every run).
+on that set's own prompts (decay fixed at --decay); then four generators alternate, prompt by
+prompt, --repeats times over the same prompts, and the table reports medians:
+    sequential  the reference: both models decode every token
+    drafted     the default schedule: a cost model picks drafter and block length (at most
+                --draft-tokens) from the writer runs seen so far and measured costs
+    fixed       the writer of the last token drafts --fixed-draft-tokens tokens every round
+    planned     drafts each writer run whole, knowing the writers in advance (from the
+                sequential run): what a perfect run predictor would reach, the ceiling of
+                drafting on these prompts (batch size 1 only)
+All must produce identical tokens and writer masks (checked on every run).
 
 The ideal speedup, from per-token decode costs c_s and c_t measured in the same run (a
 KV-cached one-token forward of each model alone, same batch, 16 steps after the prompt) and
@@ -149,12 +155,12 @@ def run_switch(gen: SwitchGenerator, prompts, sampling, batch_size: int, drafted
     return time.perf_counter() - start, out
 
 
-def timed_pass(gen: SwitchGenerator, prompts, sampling, batch_size: int, cost_steps: int) -> dict:
-    """One timed pass over the prompts, batch by batch: each batch's decode costs, sequential
-    and drafted runs are measured back to back, so a shift in the (shared) machine's load hits
-    all four alike."""
-    totals = {"sequential": 0.0, "drafted": 0.0, "drafted_fixed": 0.0, "student": 0.0, "teacher": 0.0}
-    seq_out, dr_out, fixed_out = [], [], []
+def timed_pass(gen: SwitchGenerator, prompts, sampling, batch_size: int, cost_steps: int, fixed_k: int) -> dict:
+    """One timed pass over the prompts, batch by batch: each batch's decode costs and its
+    sequential, drafted, fixed and planned runs are measured back to back, so a shift in the
+    (shared) machine's load hits them all alike."""
+    totals = {"sequential": 0.0, "drafted": 0.0, "drafted_fixed": 0.0, "planned": 0.0, "student": 0.0, "teacher": 0.0}
+    seq_out, dr_out, fixed_out, planned_out = [], [], [], []
     for i in range(0, len(prompts), batch_size):
         chunk, index = prompts[i : i + batch_size], list(range(i, min(i + batch_size, len(prompts))))
         totals["student"] += decode_cost(gen.student, chunk, batch_size, cost_steps)
@@ -165,15 +171,21 @@ def timed_pass(gen: SwitchGenerator, prompts, sampling, batch_size: int, cost_st
         start = time.perf_counter()
         dr_out.append(gen.generate_drafted(chunk, sampling, index))
         totals["drafted"] += time.perf_counter() - start
-        gen.adaptive = False  # the same drafts at a fixed length, for comparison
+        gen.adaptive = False  # the last writer drafts a fixed length, for comparison
         start = time.perf_counter()
-        fixed_out.append(gen.generate_drafted(chunk, sampling, index))
+        fixed_out.append(gen.generate_drafted(chunk, sampling, index, draft_tokens=fixed_k))
         totals["drafted_fixed"] += time.perf_counter() - start
+        if batch_size == 1:  # the ceiling: each run drafted whole, the writers known in advance
+            ref = seq_out[-1]
+            plan = ref.writer_mask[0, : int(ref.response_mask[0].sum())].tolist()
+            start = time.perf_counter()
+            planned_out.append(gen.generate_drafted(chunk, sampling, index, plan=[plan]))
+            totals["planned"] += time.perf_counter() - start
         gen.adaptive = True
     chunks = math.ceil(len(prompts) / batch_size)
     totals["student"] /= chunks
     totals["teacher"] /= chunks
-    return {**totals, "seq_out": seq_out, "dr_out": dr_out, "fixed_out": fixed_out}
+    return {**totals, "seq_out": seq_out, "dr_out": dr_out, "fixed_out": fixed_out, "planned_out": planned_out}
 
 
 def fraction(batches) -> float:
@@ -255,7 +267,8 @@ def main(argv=None) -> dict:
     p.add_argument("--long-max-new-tokens", type=int, default=200, help="response cap of the long set")
     p.add_argument("--prompt-sets", default="long,mixed")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--draft-tokens", type=int, default=8, help="draft length (adaptive: the most)")
+    p.add_argument("--draft-tokens", type=int, default=32, help="the longest block of the default (cost-model) schedule")
+    p.add_argument("--fixed-draft-tokens", type=int, default=8, help="block length of the fixed schedule")
     p.add_argument("--decay", type=float, default=0.1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--calibration-iters", type=int, default=10)
@@ -296,6 +309,7 @@ def main(argv=None) -> dict:
         "models": model_info,
         "settings": {
             "batch_size": args.batch_size, "draft_tokens": args.draft_tokens, "adaptive": True,
+            "fixed_draft_tokens": args.fixed_draft_tokens,
             "decay": args.decay, "temperature": 1.0, "repeats": args.repeats, "torch_threads": args.threads,
             "quick": args.quick,
         },
@@ -330,12 +344,18 @@ def measure_set(gen: SwitchGenerator, prompts, sampling: SamplingConfig, args) -
     for target in TARGETS:
         tau0 = calibrate_tau0(gen, prompts, sampling, args.batch_size, target, args.calibration_iters)
         gen.tau0 = tau0
-        passes = [timed_pass(gen, prompts, sampling, args.batch_size, cost_steps) for _ in range(args.repeats)]
+        passes = [timed_pass(gen, prompts, sampling, args.batch_size, cost_steps, args.fixed_draft_tokens)
+                  for _ in range(args.repeats)]
         seq_out, dr_out, fixed_out = passes[-1]["seq_out"], passes[-1]["dr_out"], passes[-1]["fixed_out"]
-        identical = all(same_outputs(p["seq_out"], p["dr_out"]) and same_outputs(p["seq_out"], p["fixed_out"]) for p in passes)
+        planned = args.batch_size == 1
+        identical = all(
+            same_outputs(p["seq_out"], p["dr_out"]) and same_outputs(p["seq_out"], p["fixed_out"])
+            and (not planned or same_outputs(p["seq_out"], p["planned_out"]))
+            for p in passes
+        )
         tokens = sum(b.num_response_tokens for b in seq_out)
         f = fraction(seq_out)
-        names = ("sequential", "drafted", "drafted_fixed", "student", "teacher")
+        names = ("sequential", "drafted", "drafted_fixed", "planned", "student", "teacher")
         med = {name: statistics.median(p[name] for p in passes) for name in names}
         c_s, c_t = med["student"], med["teacher"]
         for name in all_costs:
@@ -358,11 +378,16 @@ def measure_set(gen: SwitchGenerator, prompts, sampling: SamplingConfig, args) -
             "fixed_efficiency": med["sequential"] / med["drafted_fixed"] / ideal,
             "tokens_per_check": tokens / rounds,
             "fixed_tokens_per_check": tokens / sum(b.metrics["switch/rounds"] for b in fixed_out),
+            "planned_speedup": med["sequential"] / med["planned"] if planned else None,
+            "planned_efficiency": med["sequential"] / med["planned"] / ideal if planned else None,
+            "planned_tokens_per_check": tokens / sum(b.metrics["switch/rounds"] for b in passes[-1]["planned_out"])
+            if planned else None,
             "decode_cost_ms": {"student": c_s * 1e3, "teacher": c_t * 1e3},
             "identical_outputs": bool(identical),
             "sequential_seconds": [p["sequential"] for p in passes],
             "drafted_seconds": [p["drafted"] for p in passes],
             "drafted_fixed_seconds": [p["drafted_fixed"] for p in passes],
+            "planned_seconds": [p["planned"] for p in passes] if planned else None,
             "_batches": dr_out,
         })
     half = min(rows, key=lambda r: abs(r["teacher_fraction"] - 0.5))
@@ -375,26 +400,32 @@ def measure_set(gen: SwitchGenerator, prompts, sampling: SamplingConfig, args) -
         "speedup_at_half_teacher": half["speedup"],
         "efficiency_at_half_teacher": half["efficiency"],
         "teacher_fraction_at_half": half["teacher_fraction"],
+        "planned_efficiency_at_half_teacher": half["planned_efficiency"],
         "topk_jsd_error_at_half": topk,
     }
 
 
 def print_table(result: dict) -> None:
-    print(f"models: {result['models']['source']}; batch {result['settings']['batch_size']}, adaptive drafts of at most "
-          f"k={result['settings']['draft_tokens']} (fixed: always k)")
+    cfg = result["settings"]
+    print(f"models: {result['models']['source']}; batch {cfg['batch_size']}; drafted: cost-model schedule, blocks of at "
+          f"most {cfg['draft_tokens']}; fixed: the last writer drafts {cfg['fixed_draft_tokens']}; planned: each run "
+          f"whole, writers known in advance (the ceiling)")
     for name, st in result["sets"].items():
         c = st["decode_cost_ms"]
         print(f"\n{name}: {st['prompts']['count']} prompts, up to {st['prompts']['max_new_tokens']} new tokens; decode cost "
               f"per token: student {c['student']:.2f} ms, teacher {c['teacher']:.2f} ms")
         print(f"{'target':>6} {'tau0':>8} {'f':>6} {'tok/resp':>8} {'seq tok/s':>10} {'draft tok/s':>12} {'speedup':>8} "
-              f"{'ideal':>6} {'eff':>6} {'fixed eff':>9} {'tok/check':>9} {'same':>5}")
+              f"{'ideal':>6} {'eff':>6} {'fixed eff':>9} {'plan eff':>8} {'tok/check':>9} {'same':>5}")
         for r in st["rows"]:
             print(f"{r['target_fraction']:>6.2f} {r['tau0']:>8.3f} {r['teacher_fraction']:>6.2f} {r['mean_response_tokens']:>8.1f} "
                   f"{r['sequential_tokens_per_s']:>10.0f} {r['drafted_tokens_per_s']:>12.0f} {r['speedup']:>8.2f} "
-                  f"{r['ideal_speedup']:>6.2f} {r['efficiency']:>6.2f} {r['fixed_efficiency']:>9.2f} {r['tokens_per_check']:>9.2f} "
+                  f"{r['ideal_speedup']:>6.2f} {r['efficiency']:>6.2f} {r['fixed_efficiency']:>9.2f} "
+                  f"{(r['planned_efficiency'] or float('nan')):>8.2f} {r['tokens_per_check']:>9.2f} "
                   f"{str(r['identical_outputs']):>5}")
+        planned = st["planned_efficiency_at_half_teacher"]
         print(f"efficiency at ~50% teacher: {st['efficiency_at_half_teacher']:.2f} (target >= {GOAL_EFFICIENCY}); "
-              f"speedup {st['speedup_at_half_teacher']:.2f}x")
+              f"speedup {st['speedup_at_half_teacher']:.2f}x"
+              + (f"; planned (the ceiling): {planned:.2f}" if planned is not None else ""))
         for k, e in st["topk_jsd_error_at_half"].items():
             print(f"top-{k} JSD: mean |error| {e['mean_abs_error']:.4f} (exact mean {e['mean_exact_jsd']:.3f}), "
                   f"decision agreement {e['decision_agreement']:.3f}, teacher top-k mass {e['teacher_top_k_mass']:.3f}")

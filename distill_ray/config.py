@@ -68,8 +68,8 @@ class LossConfig:
 class SwitchConfig:
     tau0: float = 0.2  # SWITCH threshold at response position 0 (JSD in nats, at most ln 2)
     decay: float = 0.1  # threshold decay per position: tau_t = tau0 * exp(-decay * t)
-    draft_tokens: int = 4  # tokens drafted per verification step (1 = sequential); with adaptive_draft, the most
-    adaptive_draft: bool = True  # fit each model's draft length to its recent writer runs (same tokens, fewer wasted drafts)
+    draft_tokens: int = 32  # tokens drafted per verification step (1 = sequential); with adaptive_draft, the most
+    adaptive_draft: bool = True  # a cost model picks drafter and block length from the writer runs seen (same tokens, less waste)
 
 
 @dataclass

@@ -56,6 +56,15 @@ def prefill(caches: list[SlotCache], prompt_ids: torch.Tensor, prompt_mask: torc
     return prompt_ids[:, -1].clone()
 
 
+def prefill_all(caches: list[SlotCache], prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[torch.Tensor]:
+    """Feed every prompt token to each cache; return each model's next-token logits [B, V].
+
+    The first response position's distributions come with the prompt's forward pass, so a
+    generator that needs both models' distributions there (SWITCH) gets them without a decode step.
+    """
+    return [cache.feed(prompt_ids, prompt_mask, last_only=True)[:, 0] for cache in caches]
+
+
 class ResponseBuffer:
     """Response tokens, student log-probs and writers of B rows, written a block at a time."""
 

@@ -12,14 +12,15 @@ scores all k positions in one forward pass. Going left to right, the first posit
 writer is not the drafter gets the checker's sample instead, and the rest of the draft is
 dropped; every position before it was written by the right model with the right prefix.
 
-Which model drafts follows the position: the student early, where tau_t is high, the teacher
-late, where it is low. Writers come in runs (tau_t decays, so a response is mostly student
-first and mostly teacher later), so by default the writer of the previous token drafts the
-next block (for a batch, the majority of the rows' last writers); `handover` instead fixes the
-response position from which the teacher drafts. Teacher drafts may be given their own
-length (`teacher_draft_tokens`: a teacher step costs several student steps, so a cut-short
-teacher draft wastes more; with runs as long as SWITCH's, the same length measured best).
-Drafting stops early once every row has drafted an EOS, since nothing after an EOS is kept.
+Which model drafts, and how long a block: with `adaptive` (the default of the pipeline), a
+cost model (`rollout.draft_policy`) picks both each round from the writer runs seen so far and
+the measured cost of a drafted token and of a check: the expected tokens per second of each
+choice, for every row's last writer and run so far. Without it, the writer of the previous
+token drafts (for a batch, the majority of the rows' last writers) a block of `draft_tokens`
+(`teacher_draft_tokens` for the teacher); `handover` instead fixes the response position from
+which the teacher drafts. Drafting stops early once every row has drafted an EOS, since nothing
+after an EOS is kept. `generate_drafted(plan=...)` follows given writer sequences instead: a
+drafter that knows every run in advance, the ceiling the benchmark measures the policy against.
 
 Both use position-keyed draws (`sampling.keyed_uniform`), so drafted and sequential give the
 same tokens and writers, token for token: the drafter's token at position t is the same draw
@@ -36,7 +37,8 @@ from transformers import PreTrainedModel
 
 from distill_ray.batch import RolloutBatch
 from distill_ray.errors import DistillError
-from distill_ray.rollout.decode import ResponseBuffer, expand_prompts, left_pad, prefill, stop_counts
+from distill_ray.rollout.decode import ResponseBuffer, expand_prompts, left_pad, prefill_all, stop_counts
+from distill_ray.rollout.draft_policy import DraftPolicy
 from distill_ray.rollout.kv import SlotCache
 from distill_ray.rollout.sampling import (
     STUDENT_STREAM,
@@ -81,8 +83,10 @@ class SwitchGenerator:
         self.draft_tokens = draft_tokens  # tokens per student draft
         self.teacher_draft_tokens = teacher_draft_tokens  # tokens per teacher draft (None: draft_tokens)
         self.handover = handover  # response position from which the teacher drafts (None: the last writer drafts)
-        self.adaptive = adaptive  # adapt each model's draft length to its recent runs (the lengths are then maxima)
-        self._k_carry: dict[bool, int] = {}  # adaptive: the draft lengths the last call ended with
+        self.adaptive = adaptive  # a cost model picks drafter and block length (the lengths are then maxima)
+        self.policy = DraftPolicy(
+            sum(p.numel() for p in student.parameters()), sum(p.numel() for p in teacher.parameters())
+        )
         self.policy_version = 0
 
     # ------------------------------------------------------------------ the rule
@@ -91,6 +95,21 @@ class SwitchGenerator:
         """(jsd [...], teacher_writes [...] bool): switch_rule.teacher_writes, keeping the JSD."""
         d = jsd_from_logprobs(teacher_logp, student_logp).double()
         return d, d > switch_threshold(position, self.tau0, self.decay).to(d.device)
+
+    def _step(self, t_logits: torch.Tensor, s_logits: torch.Tensor, position: int, keys: torch.Tensor,
+              sampling: SamplingConfig):
+        """One token from both models' logits [A, V] at one response position.
+
+        Returns (token [A], teacher_writes [A] bool, the student's log-prob of the token [A]), on the CPU.
+        """
+        t_logp, s_logp = t_logits.log_softmax(-1), s_logits.log_softmax(-1)
+        _, on_device = self._decide(t_logp, s_logp, torch.tensor(position))
+        teacher_writes = on_device.cpu()  # bookkeeping lives on the CPU, logits on the model's device
+        stream = torch.where(teacher_writes, TEACHER_STREAM, STUDENT_STREAM)
+        u = keyed_uniform(sampling.seed, keys, torch.full_like(keys, position), stream)
+        logits = torch.where(on_device[:, None], t_logits, s_logits)
+        token = sample_tokens(logits, u, sampling.temperature, sampling.top_p)
+        return token.cpu(), teacher_writes, s_logp.gather(1, token[:, None])[:, 0].cpu()
 
     # ------------------------------------------------------------------ sequential reference
 
@@ -104,25 +123,19 @@ class SwitchGenerator:
         prompt_ids, prompt_mask = left_pad(rows, self.pad_token_id)
         B = len(rows)
         teacher, student = SlotCache(self.teacher, B), SlotCache(self.student, B)
-        pending = prefill([teacher, student], prompt_ids, prompt_mask)
+        t_logits, s_logits = prefill_all([teacher, student], prompt_ids, prompt_mask)  # position 0
         out = ResponseBuffer(B, sampling.max_new_tokens)
         active = torch.arange(B)
         for t in range(sampling.max_new_tokens):
-            t_logits = teacher.feed(pending[:, None], last_only=True)[:, 0]  # [A, V]
-            s_logits = student.feed(pending[:, None], last_only=True)[:, 0]
-            t_logp, s_logp = t_logits.log_softmax(-1), s_logits.log_softmax(-1)
-            dev = t_logits.device
-            _, on_device = self._decide(t_logp, s_logp, torch.tensor(t))
-            teacher_writes = on_device.cpu()  # bookkeeping lives on the CPU, logits on the model's device
-            stream = torch.where(teacher_writes, TEACHER_STREAM, STUDENT_STREAM)
-            u = keyed_uniform(sampling.seed, keys[active], torch.full_like(active, t), stream)
-            logits = torch.where(on_device[:, None], t_logits, s_logits)
-            token = sample_tokens(logits, u, sampling.temperature, sampling.top_p).cpu()
+            if t:
+                t_logits = teacher.feed(pending[:, None], last_only=True)[:, 0]  # [A, V]
+                s_logits = student.feed(pending[:, None], last_only=True)[:, 0]
+            token, teacher_writes, s_logp = self._step(t_logits, s_logits, t, keys[active], sampling)
             ones = torch.ones_like(active)
             counts, finished = stop_counts(
                 token[:, None], ones, torch.full_like(active, sampling.max_new_tokens - t), self.eos_token_id
             )
-            out.write(active, token[:, None], s_logp.gather(1, token.to(dev)[:, None]), teacher_writes[:, None], counts)
+            out.write(active, token[:, None], s_logp[:, None], teacher_writes[:, None], counts)
             keep = (~finished).nonzero().squeeze(1)
             if len(keep) < len(active):
                 teacher.select_rows(keep)
@@ -139,7 +152,7 @@ class SwitchGenerator:
         """Which model drafts this round: one choice for the batch (any choice gives the same tokens).
 
         positions: [A] response tokens so far; last_writer: [A] bool, True if the teacher wrote the
-        row's last token (False before the first token: tau_t is highest at the start).
+        row's last token.
         """
         if self.handover is not None:
             return float(positions.double().median()) >= self.handover
@@ -152,32 +165,54 @@ class SwitchGenerator:
         sampling: SamplingConfig,
         prompt_index: list[int] | None = None,
         draft_tokens: int | None = None,
+        plan: list[list[bool]] | None = None,
     ) -> RolloutBatch:
         """Draft a block with one model, check it with the other in one pass, keep the valid prefix.
 
         draft_tokens overrides both block lengths (student and teacher drafts) for this call.
+        plan: for one row only, the writers the response will have (True = teacher, e.g. from
+        generate_sequential): each round then drafts exactly the next run, whole, with its writer:
+        what a schedule that knew the runs in advance would do (the benchmark's ceiling for the
+        adaptive schedule; the tokens are the same either way).
         """
         start = time.perf_counter()
         k_student = draft_tokens or self.draft_tokens
         k_teacher = draft_tokens or self.teacher_draft_tokens or self.draft_tokens
         rows, index, keys = expand_prompts(prompts, prompt_index, sampling.samples_per_prompt)
+        if plan is not None and (len(rows) != 1 or len(plan) != 1):
+            raise DistillError(f"switch: a plan is for one row, got {len(rows)} rows and {len(plan)} plans")
         prompt_ids, prompt_mask = left_pad(rows, self.pad_token_id)
         B = len(rows)
         caches = {True: SlotCache(self.teacher, B), False: SlotCache(self.student, B)}  # keyed by "is teacher"
-        pending = prefill(list(caches.values()), prompt_ids, prompt_mask)
+        # position 0: both distributions come with the prompt's pass, so it costs no draft
+        t_logits, s_logits = prefill_all([caches[True], caches[False]], prompt_ids, prompt_mask)
         out = ResponseBuffer(B, sampling.max_new_tokens)
-        active = torch.arange(B)
-        position = torch.zeros(B, dtype=torch.long)  # response tokens accepted so far, per active row
-        last_writer = torch.zeros(B, dtype=torch.bool)  # True: the teacher wrote the row's last token
+        pending, last_writer, s_logp0 = self._step(t_logits, s_logits, 0, keys, sampling)
+        counts, finished = stop_counts(pending[:, None], torch.ones(B, dtype=torch.long),
+                                       torch.full((B,), sampling.max_new_tokens), self.eos_token_id)
+        out.write(torch.arange(B), pending[:, None], s_logp0[:, None], last_writer[:, None], counts)
+        active = (~finished).nonzero().squeeze(1)
+        if len(active) < B:
+            for cache in caches.values():
+                cache.select_rows(active)
+        pending, last_writer = pending[active], last_writer[active]  # True: the teacher wrote the row's last token
+        position = torch.ones(len(active), dtype=torch.long)  # response tokens accepted so far, per active row
+        run = torch.ones(len(active), dtype=torch.long)  # tokens of the row's current writer run
+        first_run = torch.ones(len(active), dtype=torch.bool)  # the current run is the response's first
         rounds = drafted = 0
         k_max = {True: k_teacher, False: k_student}
-        # draft length per drafter: adaptive lengths carry over from the previous call (a short
-        # response gives too few rounds to learn the run lengths from scratch)
-        k_now = {d: min(k, self._k_carry.get(d, k)) if self.adaptive else k for d, k in k_max.items()}
         while len(active):
+            choice_start = time.perf_counter()
             room = sampling.max_new_tokens - position  # [A] >= 1
-            teacher_drafts = self._teacher_drafts(position, last_writer)
-            block = min(k_now[teacher_drafts], int(room.max()))
+            if plan is not None:
+                teacher_drafts, block = self._planned(plan[0], int(position[0]))
+            elif self.adaptive and self.handover is None:
+                teacher_drafts, block = self.policy.choose(last_writer, run, first_run, (k_max[False], k_max[True]))
+            else:
+                teacher_drafts = self._teacher_drafts(position, last_writer)
+                block = k_max[teacher_drafts]
+            block = min(block, int(room.max()))
+            round_start = time.perf_counter()
             drafter, checker = caches[teacher_drafts], caches[not teacher_drafts]
             d_stream = TEACHER_STREAM if teacher_drafts else STUDENT_STREAM
             c_stream = STUDENT_STREAM if teacher_drafts else TEACHER_STREAM
@@ -203,6 +238,7 @@ class SwitchGenerator:
             block = len(d_logits)
             fed, draft, positions = fed[:, :block], draft[:, :block], positions[:, :block]
             d_logits = torch.stack(d_logits, 1)  # [A, block, V]
+            draft_s = time.perf_counter() - round_start
             # check: the same block in one forward pass
             c_logits = checker.feed(fed)  # [A, block, V]
             dev = c_logits.device
@@ -211,6 +247,7 @@ class SwitchGenerator:
             d_logp, c_logp = d_logits.log_softmax(-1), c_logits.log_softmax(-1)
             t_logp, s_logp = (d_logp, c_logp) if teacher_drafts else (c_logp, d_logp)
             teacher_writes = self._decide(t_logp, s_logp, positions)[1].cpu()  # [A, block]
+            check_s = time.perf_counter() - round_start - draft_s
             drafter_ok = teacher_writes == teacher_drafts
             n_ok = drafter_ok.long().cumprod(1).sum(1)  # [A] leading positions the drafter rightly wrote
             rejected = n_ok < block
@@ -222,12 +259,16 @@ class SwitchGenerator:
                 logits = c_logits[rows_r.to(dev), at.to(dev)]
                 draft[rows_r, at] = sample_tokens(logits, u, sampling.temperature, sampling.top_p).cpu()
             accepted = torch.where(rejected, n_ok + 1, n_ok)
-            if self.adaptive:
-                k_now[teacher_drafts] = self._next_draft_length(k_now[teacher_drafts], k_max[teacher_drafts], block, n_ok)
             counts, finished = stop_counts(draft, accepted, room, self.eos_token_id)
             writers = torch.where(torch.arange(block)[None, :] < n_ok[:, None], teacher_drafts, not teacher_drafts)
             out.write(active, draft, s_logp.gather(2, draft.to(dev)[:, :, None])[:, :, 0], writers, counts)
-            last_writer = writers[torch.arange(len(active)), counts - 1]
+            new_last = writers[torch.arange(len(active)), counts - 1]
+            # the row's current run: the drafter's kept tokens extend it, a checker's token starts one
+            trailing = torch.where(new_last == teacher_drafts, counts, torch.ones_like(counts))
+            continuing = (new_last == last_writer) & (trailing == counts)
+            first_run = first_run & continuing
+            run = torch.where(continuing, run + counts, trailing)
+            last_writer = new_last
 
             # roll back: slots hold [pending, z_0 ..]; slot j+1 (z_j) survives only if z_j was kept
             keep_slots = torch.minimum(n_ok + 1, torch.tensor(block))
@@ -239,20 +280,35 @@ class SwitchGenerator:
             if len(alive) < len(active):
                 for cache in caches.values():
                     cache.select_rows(alive)
-            active, pending, position, last_writer = active[alive], pending[alive], position[alive], last_writer[alive]
+            active, pending, position = active[alive], pending[alive], position[alive]
+            last_writer, run, first_run = last_writer[alive], run[alive], first_run[alive]
             rounds += 1
-        self._k_carry = k_now
+            if self.adaptive:
+                self.policy.record_round(int(teacher_drafts), block, draft_s, check_s,
+                                         time.perf_counter() - choice_start)
+        if self.adaptive:
+            self.policy.learn(out.writers, out.lengths)
         metrics = self._metrics(out, prompt_mask, time.perf_counter() - start, rounds=rounds, drafted=drafted)
         return out.to_batch(prompt_ids, prompt_mask, index, self.policy_version, metrics, self.pad_token_id)
 
     @staticmethod
-    def _next_draft_length(k: int, k_max: int, block: int, n_ok: torch.Tensor) -> int:
-        """The drafter's next draft length from this round: every row kept the whole block, so
-        its run may go on: twice as long (up to k_max); else the rows' mean run length plus one
-        (the position the drafter lost), so the next draft ends about where a run ends."""
-        if bool((n_ok >= block).all()):
-            return min(k_max, max(2 * block, k))
-        return max(1, min(k_max, round(float(n_ok.double().mean())) + 1))
+    def _planned(plan: list[bool], position: int) -> tuple[bool, int]:
+        """(teacher drafts, block) from known writers: the run that starts at `position`, whole,
+        plus the next run's first token when that is cheaper: the check then gives it for free,
+        at the price of one more draft step (worth it when the student drafts, whose steps are
+        the cheaper, and when the next run is one token, whose round it saves)."""
+        if position >= len(plan):  # past the plan (a different response): one token at a time
+            return False, 1
+        writer, end = plan[position], position
+        while end < len(plan) and plan[end] == writer:
+            end += 1
+        if end < len(plan):
+            next_end = end + 1
+            while next_end < len(plan) and plan[next_end] == plan[end]:
+                next_end += 1
+            if not writer or next_end - end == 1:
+                end += 1
+        return bool(writer), end - position
 
     # ------------------------------------------------------------------ metrics
 

@@ -141,7 +141,7 @@ class SwitchParams:
     teacher_draft_tokens: int | None = None  # tokens per teacher draft (exact SWITCH); None: draft_tokens
     handover: int | None = None  # response position where the teacher starts drafting; None: adaptive
     drafted: bool = True  # drafted generator (False: the sequential reference)
-    adaptive: bool = True  # adaptive draft lengths, draft_tokens the most (exact SWITCH)
+    adaptive: bool = True  # a cost model picks drafter and block length, draft_tokens the most (exact SWITCH)
     topk: int = 64  # teacher top-k of the top-k SWITCH (remote teacher scorer / vLLM student)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from distill_ray.errors import DistillError
+from distill_ray.rollout.draft_policy import DraftPolicy, RunStats
 from distill_ray.rollout.engines import TorchEngine
 from distill_ray.rollout.sampling import SamplingConfig
 from distill_ray.rollout.switch import SwitchGenerator
@@ -66,13 +68,60 @@ def test_adaptive_draft_length_drafts_less_where_writers_alternate(model_pair, p
     assert drafted[True].metrics["switch/draft_tokens"] < drafted[False].metrics["switch/draft_tokens"]
 
 
-def test_next_draft_length_grows_on_a_kept_block_and_shrinks_to_the_runs():
-    step = SwitchGenerator._next_draft_length
-    assert step(2, 8, 2, torch.tensor([2, 2])) == 4  # every row kept the block: double
-    assert step(8, 8, 8, torch.tensor([8])) == 8  # never above the maximum
-    assert step(8, 8, 3, torch.tensor([3])) == 8  # a block cut short by room or EOS does not shrink it
-    assert step(8, 8, 8, torch.tensor([2, 8])) == 6  # mean run 5 + the lost position
-    assert step(4, 8, 4, torch.tensor([0, 0])) == 1  # never below one
+def test_run_stats_learn_how_runs_go_on():
+    """20 responses: a student run of 10, then the teacher to the end (cut, not ended)."""
+    stats = RunStats(prior_weight=0.1)
+    writers = torch.tensor([[False] * 10 + [True] * 30] * 20)
+    stats.update(RunStats.runs(writers, torch.full((20,), 40)))
+    g = stats.continuation()
+    assert (g[0, 1, 1:10] > 0.99).all()  # the student's first run goes on up to 10 tokens ...
+    assert g[0, 1, 10] < 0.01  # ... and stops there
+    assert (g[1, 0, 1:30] > 0.99).all()  # a cut run only says that it went on
+    assert g[1, 1, 5] == pytest.approx(0.75)  # no teacher first runs seen: the prior
+    assert RunStats.runs(torch.tensor([[True, True, False, True, True]]), torch.tensor([4])) == [
+        (1, 1, 2, True), (0, 0, 1, True), (1, 0, 1, False)]
+
+
+def test_policy_expected_tokens_and_choice():
+    policy = DraftPolicy(student_params=100, teacher_params=1000)
+    writers = torch.tensor([[False] * 10 + [True] * 30] * 20)
+    policy.stats.update(RunStats.runs(writers, torch.full((20,), 40)))
+    one = lambda *v: torch.tensor(list(v))  # noqa: E731
+    # the student has written 3 tokens of a run that stops at 10: tokens 0..6 are its own, token 7
+    # the teacher's (from the check), nothing more
+    tokens = policy.expected_tokens(0, one(0), one(3), one(True), 10)
+    assert tokens[:8].tolist() == pytest.approx([1, 2, 3, 4, 5, 6, 7, 8], abs=0.05)  # the prior leaves a trace
+    assert tokens[9] == pytest.approx(8.0, abs=0.05)
+    # the teacher drafting there gets only the first token (the student's run is not over)
+    assert policy.expected_tokens(1, one(0), one(3), one(True), 4).tolist() == pytest.approx([1, 1, 1, 1], abs=0.01)
+    # where the student's run ends (10 tokens), a teacher draft is kept
+    assert policy.expected_tokens(1, one(0), one(10), one(True), 4)[3] == pytest.approx(4.0, abs=0.05)
+    # measured costs: student steps cheap, the teacher's check dear -> the student drafts to its run's end
+    policy.record_round(0, 4, draft_s=4e-3, check_s=3e-3, total_s=8e-3)
+    policy.record_round(1, 4, draft_s=12e-3, check_s=1e-3, total_s=14e-3)
+    assert policy.choose(one(False), one(3), one(True), (16, 16)) == (False, 8)
+    assert policy.choose(one(False), one(10), one(True), (16, 16))[0] is True  # the teacher's turn
+    assert policy.choose(one(True), one(5), one(False), (16, 16)) == (True, 16)  # teacher runs go on
+    assert policy.choose(one(True), one(5), one(False), (16, 6)) == (True, 6)  # never above the maximum
+
+
+def test_planned_drafts_follow_the_runs(model_pair, prompts64, sequential_runs):
+    """A plan (the writers, known in advance) changes only the schedule: the same tokens, one
+    round per run at most (a short next run can ride on the check)."""
+    sampling, runs = sequential_runs
+    reference = runs[(0.5, 0.05)]
+    gen = SwitchGenerator(model_pair.teacher, model_pair.student, tau0=0.5, decay=0.05,
+                          eos_token_id=model_pair.eos_token_id)
+    for i in (0, 3, 9):
+        r = int(reference.response_mask[i].sum())
+        plan = reference.writer_mask[i, :r].tolist()
+        one = gen.generate_drafted([prompts64[i]], sampling, prompt_index=[i], plan=[plan])
+        assert one.response_ids[0].tolist() == reference.response_ids[i, :r].tolist()
+        assert one.writer_mask[0].tolist() == plan
+        run_count = 1 + sum(a != b for a, b in zip(plan, plan[1:]))
+        assert one.metrics["switch/rounds"] <= run_count  # position 0 comes with the prompt's pass
+    with pytest.raises(DistillError, match="a plan is for one row"):
+        gen.generate_drafted(prompts64[:2], sampling, plan=[[True], [False]])
 
 
 def test_the_settings_cover_mixed_writers_and_eos(sequential_runs):
