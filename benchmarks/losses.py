@@ -238,8 +238,10 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if "mem_ratio_upper_bound" in head:
         report["mem_ratio_152k_4096_upper_bound"] = head["mem_ratio_upper_bound"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import _common
+
+    _common.write_result(args.out, report)
     print()
     print(table(results))
     print(

@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import _common  # noqa: E402
+
 TARGET_ASYNC_OVER_MAX = 1.15
 
 
@@ -133,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - t0,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = _common.write_result(args.out, result)
 
     print(f"{'run':<8}{'step s':>9}{'rollout s':>11}{'train s':>9}{'step/max':>10}{'step/sum':>10}")
     for name, r in runs.items():

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -34,6 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import _common  # noqa: E402
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
@@ -166,8 +167,7 @@ def main(argv=None) -> dict:
         "machine": {"platform": platform.platform(), "cores": os.cpu_count(), "torch": torch.__version__,
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    _common.write_result(args.out, result)
     print_table(result)
     return result
 

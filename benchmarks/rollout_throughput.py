@@ -16,7 +16,6 @@ directory. `crossover_hidden_size` is the smallest size at which vLLM beats torc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import _common  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -138,8 +139,7 @@ def main(argv=None) -> dict:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    _common.write_result(args.out, result)
     print_table(result, hidden_sizes, backends, worker_counts, tps)
     return result
 

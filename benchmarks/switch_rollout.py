@@ -55,6 +55,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import _common  # noqa: E402
+
 import torch  # noqa: E402
 
 from distill_ray.models.build import ModelShape, build_causal_lm, count_parameters  # noqa: E402
@@ -326,10 +328,7 @@ def main(argv=None) -> dict:
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
         },
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.out).with_name(Path(args.out).name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    _common.write_result(args.out, result)
     print_table(result)
     return result
 

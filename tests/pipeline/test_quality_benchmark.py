@@ -62,3 +62,15 @@ def test_quality_quick_two_sizes_two_seeds_and_its_plots(ray_local, tmp_path, lo
     png = tmp_path / "quality_by_length.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert not (tmp_path / "quality_vs_time.png").exists()
+
+
+def test_benchmark_results_are_written_whole_or_not_at_all(tmp_path, load_benchmark):
+    """Every benchmark writes its JSON through `_common.write_result`: a result that cannot be
+    written leaves the previous file as it was, and no temp file behind."""
+    common = load_benchmark("_common")
+    out = tmp_path / "results" / "bench.json"
+    common.write_result(out, {"speedup": 1.5})
+    with pytest.raises(TypeError):
+        common.write_result(out, {"speedup": object()})  # not JSON: fails before anything is written
+    assert json.loads(out.read_text()) == {"speedup": 1.5}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json"]
