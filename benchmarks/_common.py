@@ -1,12 +1,27 @@
-"""What the benchmarks share: running one method through the real driver on the quickstart
-config, the machine description, and writing a result file atomically (never half-written)."""
+"""What the benchmarks share: the options of a training benchmark, running one method through
+the real driver on the quickstart config, the machine description, and writing a result file
+atomically (never half-written)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 from pathlib import Path
+
+
+def training_parser(doc: str, out: Path, quick_help: str) -> argparse.ArgumentParser:
+    """The options every training benchmark has (methods, steps, response length, models, --quick,
+    --out); the caller adds its own."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--methods", default="sft,kd,okd,sgo,switch")
+    p.add_argument("--steps", type=int, default=120, help="training steps per run (the quickstart's)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--models", default=str(out.parents[2] / "local"), help="root of the local models (built if missing)")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--out", default=str(out))
+    return p
 
 
 def run_method(method: str, paths: dict, out: Path, overrides: list[str], student: str | None = None) -> tuple[dict, list[dict]]:

@@ -25,7 +25,6 @@ Headline keys: sgo_over_okd_step_time and sgo_over_okd_time_to_target (the OKD p
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -101,15 +100,10 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--methods", default="sft,kd,okd,sgo,switch")
-    p.add_argument("--steps", type=int, default=120)
+    p = _common.training_parser(__doc__, ROOT / "benchmarks" / "results" / "okd_vs_sgo.json",
+                                "tiny models, 4 steps: a smoke test")
     p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--eval-examples", type=int, default=100, help="validation rows per evaluation")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--models", default=str(ROOT / "local"), help="root of the local models (built if missing)")
-    p.add_argument("--quick", action="store_true", help="tiny models, 4 steps: a smoke test")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "okd_vs_sgo.json"))
     args = p.parse_args(argv)
     methods = args.methods.split(",")
     if not {"okd", "sgo"} <= set(methods):

@@ -29,7 +29,6 @@ interrupted benchmark keeps what it measured.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -95,16 +94,11 @@ def evaluate_reference(path: str, paths: dict, args) -> tuple[dict, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--methods", default="sft,kd,okd,sgo,switch")
+    p = _common.training_parser(__doc__, ROOT / "benchmarks" / "results" / "quality.json",
+                                "tiny models, 2 steps, 8 test rows: a smoke test")
     p.add_argument("--sizes", default="small,large", help="student sizes: small (quickstart student), large")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=120, help="training steps per run (the quickstart's)")
     p.add_argument("--test-examples", type=int, default=200, help="test rows scored (the quickstart's)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--models", default=str(ROOT / "local"), help="root of the local models (built if missing)")
-    p.add_argument("--quick", action="store_true", help="tiny models, 2 steps, 8 test rows: a smoke test")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
     args = p.parse_args(argv)
     methods, sizes = args.methods.split(","), args.sizes.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
