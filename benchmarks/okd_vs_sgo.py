@@ -1,26 +1,35 @@
-"""OKD against student-generated-output (SGO) training: what does each method cost to train?
+"""OKD against student-generated-output (SGO) training: what does each method cost to reach the same quality?
 
-    python benchmarks/okd_vs_sgo.py                  # quickstart models (built if missing), 5 methods
+    python benchmarks/okd_vs_sgo.py                  # quickstart models (built if missing), 7 variants x 3 seeds
     python benchmarks/okd_vs_sgo.py --quick --out /tmp/okd_vs_sgo.json   # tiny models, a smoke test
 
-The same teacher, student, data, optimizer and machine for every method, one run after another
-on one local Ray, each through the real driver (configs/quickstart.yaml plus the quickstart's
-per-method settings: 2 DeepSpeed ZeRO-2 ranks, 1 torch rollout worker for sgo/switch, staleness
-1), with validation ROUGE-L every --eval-every steps. From each run's own metrics.jsonl:
+Every variant starts from the same warm-up student and trains with the same teacher, data, optimizer,
+divergence (forward KL) and machine, one run after another on one local Ray, each through the real
+driver (configs/quickstart.yaml plus the quickstart's per-method settings: 2 DeepSpeed ZeRO-2 ranks,
+1 torch rollout worker for the on-policy variants), once per seed (trainer.seed: data order, sampling).
+The variants:
 
-    train time      the loop's time per step without validation and checkpoints
-                    (timing/step_total - timing/eval - timing/checkpoint)
-    step time       median train time per step; per_1k_tokens: train time per 1,000 trained
-                    (response) tokens
-    breakdown       per step, medians: rollout wait (the trainer idle on an empty queue),
-                    teacher forward, student forward+backward, optimizer, weight sync, and the rest
-                    (batch handling, logging); rollout busy (the worker's generation time, which
-                    asynchronous rollout hides when it is shorter than a step) is given apart
-    time to target  train time summed up to the first validation whose ROUGE-L reaches the target,
-                    target = the lower of sgo's and okd's final validation ROUGE-L (null if never)
+    sft, kd, okd     offline: dataset responses only
+    sgo              on-policy at lambda_on 0.5 (DistiLLM's GKD baseline), asynchronous (staleness 1)
+    sgo_l1           on-policy at lambda_on 1.0 (GKD's pure on-policy setting), asynchronous
+    sgo_sync         lambda_on 0.5, synchronous (max_staleness 0: every batch from the current student)
+    switch           SWITCH sequences (student writes, teacher takes over on disagreement)
 
-Headline keys: sgo_over_okd_step_time and sgo_over_okd_time_to_target (the OKD paper reports up to
-4x less training time than SGO methods).
+Validation ROUGE-L on the same rows at step 0 (the warm-up student, evaluated here) and every
+--eval-every steps. From each run's own metrics.jsonl:
+
+    train time     the loop's time per step without validation and checkpoints
+                   (timing/step_total - timing/eval - timing/checkpoint)
+    cores held     the threads the run's actors hold (trainer ranks x threads per rank, plus rollout
+                   workers x threads per worker for on-policy variants); cpu seconds = cores held x train time
+    target         warm-up ROUGE-L + --target-fraction x (best variant's mean final - warm-up): above the
+                   warm-up score by construction, and the benchmark stops with an error when no variant
+                   improves on the warm-up (then there is nothing to reach)
+    to target      steps, train seconds and cpu seconds up to the first validation at or above the
+                   target, per seed; "never" when a seed never gets there; median and range over seeds
+
+Headline: sgo_over_okd_time_to_target (median seconds to target of sgo over okd's, with the range of
+the per-seed ratios). The OKD paper reports up to 4x less training time than SGO methods.
 """
 
 from __future__ import annotations
@@ -45,34 +54,60 @@ BREAKDOWN = {  # column -> metric key (seconds per step)
     "weight_sync": "timing/weight_sync",
 }
 
+# variant -> (the quickstart method it runs, overrides on top of the quickstart's settings for it)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "sft": ("sft", []),
+    "kd": ("kd", []),
+    "okd": ("okd", []),
+    "sgo": ("sgo", ["method.lambda_on=0.5"]),
+    "sgo_l1": ("sgo", ["method.lambda_on=1.0"]),
+    "sgo_sync": ("sgo", ["method.lambda_on=0.5", "rollout.max_staleness=0"]),
+    "switch": ("switch", []),
+}
+DIVERGENCE = "forward_kl"  # one divergence for every variant, so data source and loss are not confounded
 
-def build_models(quick: bool, root: Path) -> dict:
-    from distill_ray.models.local import init_benchmark_models
 
-    return init_benchmark_models(quick, root)
+def run_variant(variant: str, seed: int, paths: dict, out: Path, args) -> dict:
+    method, extra = VARIANTS[variant]
+    _, metrics = _common.run_method(method, paths, out, common_overrides(args, seed) + extra)
+    cfg = json.loads((out / "config.json").read_text())
+    return summarize(metrics, cores_held(cfg))
 
 
-def run_method(method: str, paths: dict, out: Path, args) -> list[dict]:
+def common_overrides(args, seed: int) -> list[str]:
     overrides = [
         "data.test=null", f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.eval_every}",
         f"eval.max_examples={args.eval_examples}", f"eval.max_new_tokens={args.max_new_tokens}",
-        f"rollout.max_new_tokens={args.max_new_tokens}",
+        f"rollout.max_new_tokens={args.max_new_tokens}", f"trainer.seed={seed}", f"loss.divergence={DIVERGENCE}",
     ]
     if args.quick:
         overrides += ["trainer.batch_size=8", "trainer.warmup_steps=1"]
-    return _common.run_method(method, paths, out, overrides)[1]
+    return overrides
+
+
+def cores_held(cfg: dict) -> int:
+    """Threads the run's actors hold: each trainer rank and each rollout worker runs
+    max(1, int(num_cpus)) torch threads (trainer/group.py, pipeline/rollout_loop.py)."""
+    from distill_ray.config import from_dict
+    from distill_ray.pipeline.driver import uses_rollout
+
+    c = from_dict(cfg, "config.json")
+    cores = c.trainer.num_workers * max(1, int(c.trainer.num_cpus_per_worker))
+    if uses_rollout(c):
+        cores += c.rollout.num_workers * max(1, int(c.rollout.num_cpus_per_worker))
+    return cores
 
 
 def train_time(m: dict) -> float:
     return m["timing/step_total"] - m.get("timing/eval", 0.0) - m.get("timing/checkpoint", 0.0)
 
 
-def summarize(metrics: list[dict]) -> dict:
+def summarize(metrics: list[dict], cores: int) -> dict:
+    """One run: step times, tokens, the time breakdown and its validation curve (step 0 is added
+    by the caller, which evaluates the warm-up student once for all runs)."""
     times = [train_time(m) for m in metrics]
-    tokens = sum(m.get("tokens", 0.0) for m in metrics)
     breakdown = {col: statistics.median(m.get(key, 0.0) for m in metrics) for col, key in BREAKDOWN.items()}
-    step = statistics.median(times)
-    breakdown["other"] = max(0.0, step - sum(breakdown.values()))
+    breakdown["other"] = max(0.0, statistics.median(times) - sum(breakdown.values()))
     curve, elapsed = [], 0.0
     for m, t in zip(metrics, times):
         elapsed += t
@@ -81,9 +116,15 @@ def summarize(metrics: list[dict]) -> dict:
                           "exact_match": m["val/exact_match"]})
     return {
         "steps": len(metrics),
-        "step_seconds": step,
-        "per_1k_tokens_seconds": 1000.0 * sum(times) / max(tokens, 1.0),
+        "cores_held": cores,
+        "step_seconds": {"mean": statistics.fmean(times), "median": statistics.median(times),
+                         "std": statistics.pstdev(times), "min": min(times), "max": max(times)},
         "train_seconds": sum(times),
+        "tokens_trained": sum(m.get("tokens", 0.0) for m in metrics),
+        "on_policy_fraction": statistics.fmean(m.get("on_policy", 0.0) for m in metrics),
+        # SWITCH: the share of response tokens the teacher wrote, over the batches trained on
+        "switch_teacher_fraction": (statistics.fmean(fr) if (fr := [m["switch/teacher_fraction"] for m in metrics
+                                                                     if "switch/teacher_fraction" in m]) else None),
         "breakdown_seconds": breakdown,
         "rollout_busy_seconds": statistics.median(m.get("timing/generate", 0.0) for m in metrics),
         "validation": curve,
@@ -91,25 +132,121 @@ def summarize(metrics: list[dict]) -> dict:
     }
 
 
-def time_to(curve: list[dict], target: float) -> float | None:
-    return next((c["train_seconds"] for c in curve if c["rouge_l"] >= target - 1e-12), None)
+def to_target(run: dict, target: float) -> dict:
+    """Steps, train seconds and cpu seconds to the first validation point at or above `target`."""
+    hit = next((c for c in run["validation"] if c["rouge_l"] >= target - 1e-12), None)
+    if hit is None:
+        return {"steps": None, "seconds": None, "cpu_seconds": None}
+    return {"steps": hit["step"], "seconds": hit["train_seconds"], "cpu_seconds": hit["train_seconds"] * run["cores_held"]}
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
+def spread(values: list[float | None]) -> dict:
+    """Median and range over seeds; seeds that never got there are counted apart ("never")."""
+    got = [v for v in values if v is not None]
+    out = {"per_seed": [("never" if v is None else v) for v in values], "reached": len(got), "of": len(values)}
+    if len(got) == len(values) and got:  # a median is only meaningful when every seed got there
+        out.update(median=statistics.median(got), min=min(got), max=max(got))
+    else:
+        out.update(median="never" if len(got) * 2 <= len(values) else statistics.median(
+            [float("inf") if v is None else v for v in values]), min=min(got) if got else "never", max="never")
+    return out
+
+
+def mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "per_seed": values}
+
+
+def aggregate(variant_runs: list[dict], warmup: float, target: float) -> dict:
+    """Every seed's run of one variant -> the per-variant entry of the JSON."""
+    finals = [r["final_rouge_l"] - warmup for r in variant_runs]
+    hits = [to_target(r, target) for r in variant_runs]
+    steps = len(variant_runs[0]["validation"])
+    curve = [{"step": variant_runs[0]["validation"][i]["step"],
+              "train_seconds": statistics.fmean(r["validation"][i]["train_seconds"] for r in variant_runs),
+              "rouge_l": statistics.fmean(r["validation"][i]["rouge_l"] for r in variant_runs),
+              "rouge_l_std": statistics.pstdev([r["validation"][i]["rouge_l"] for r in variant_runs]),
+              "exact_match": statistics.fmean(r["validation"][i]["exact_match"] for r in variant_runs)}
+             for i in range(steps)]
+    gain = mean_std(finals)
+    return {
+        "cores_held": variant_runs[0]["cores_held"],
+        "steps_to_target": spread([h["steps"] for h in hits]),
+        "seconds_to_target": spread([h["seconds"] for h in hits]),
+        "cpu_seconds_to_target": spread([h["cpu_seconds"] for h in hits]),
+        "final_rouge_l": mean_std([r["final_rouge_l"] for r in variant_runs]),
+        "final_minus_warmup": gain,
+        # above the warm-up by more than the seed spread: every seed above it and the mean beyond one std
+        "above_warmup_beyond_spread": gain["min"] > 0 and gain["mean"] > gain["std"],
+        "step_seconds_mean": mean_std([r["step_seconds"]["mean"] for r in variant_runs]),
+        "step_seconds_median": mean_std([r["step_seconds"]["median"] for r in variant_runs]),
+        "train_seconds_total": mean_std([r["train_seconds"] for r in variant_runs]),
+        "tokens_trained": mean_std([r["tokens_trained"] for r in variant_runs]),
+        "on_policy_fraction": statistics.fmean(r["on_policy_fraction"] for r in variant_runs),
+        "switch_teacher_fraction": (statistics.fmean(fr) if (fr := [r["switch_teacher_fraction"] for r in variant_runs
+                                                                     if r.get("switch_teacher_fraction") is not None]) else None),
+        "breakdown_seconds": {k: statistics.median(r["breakdown_seconds"][k] for r in variant_runs)
+                              for k in variant_runs[0]["breakdown_seconds"]},
+        "rollout_busy_seconds": statistics.median(r["rollout_busy_seconds"] for r in variant_runs),
+        "validation": curve,
+        "runs": variant_runs,
+    }
+
+
+def time_ratio(num: dict, den: dict, key: str = "seconds_to_target") -> dict:
+    """num's median time to target over den's, with the range of the per-seed ratios (seeds paired)."""
+    a, b = num[key]["per_seed"], den[key]["per_seed"]
+    pairs = [x / y for x, y in zip(a, b) if x != "never" and y != "never" and y > 0]
+    med_a, med_b = num[key]["median"], den[key]["median"]
+    ratio = med_a / med_b if isinstance(med_a, float) and isinstance(med_b, float) and med_b > 0 else None
+    out = {"ratio_of_medians": ratio, "per_seed": pairs, "min": min(pairs) if pairs else None,
+           "max": max(pairs) if pairs else None}
+    if ratio is None:
+        out["why_none"] = f"{'numerator' if not isinstance(med_a, float) else 'denominator'} never reached the target in most seeds"
+    return out
+
+
+def evaluate_reference(paths: dict, args, role: str, split: str) -> dict:
+    """Greedy scores of the teacher or the warm-up student on `split`, with the benchmark's eval settings."""
+    from distill_ray.config import load_config
+    from distill_ray.data.prepare import prepare_split
+    from distill_ray.eval.evaluate import evaluate_model
+    from distill_ray.models.build import load_causal_lm
+    from distill_ray.models.tokenizer import load_tokenizer
+    from distill_ray.quickstart import _config_path
+
+    cfg = load_config(_config_path(), [f"model.teacher={paths['teacher']}", f"model.student={paths['student']}",
+                                       f"data.train={paths['data']}/train.jsonl"])
+    tokenizer = load_tokenizer(paths["student"])
+    rows, _ = prepare_split(cfg.data, tokenizer, f"{paths['data']}/{split}.jsonl", shuffle=False,
+                            max_rows=args.eval_examples if split == "validation" else None)
+    res = evaluate_model(load_causal_lm(paths[role]), tokenizer, rows, max_new_tokens=args.max_new_tokens,
+                         batch_size=cfg.eval.batch_size)
+    return {k: res[k] for k in ("overall", "by_length", "by_task")}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = _common.training_parser(__doc__, ROOT / "benchmarks" / "results" / "okd_vs_sgo.json",
-                                "tiny models, 4 steps: a smoke test")
-    p.add_argument("--eval-every", type=int, default=20)
-    p.add_argument("--eval-examples", type=int, default=100, help="validation rows per evaluation")
+                                "tiny models, 4 steps, 2 seeds: a smoke test")
+    p.set_defaults(methods=",".join(VARIANTS))
+    p.add_argument("--seeds", default="0,1,2", help="trainer seeds; every variant runs once per seed")
+    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--eval-examples", type=int, default=60, help="validation rows per evaluation")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs in OUT.partial.json (an interrupted benchmark) and run only the missing ones")
+    p.add_argument("--target-fraction", type=float, default=0.5,
+                   help="target = warm-up + this fraction of the best variant's mean gain")
     args = p.parse_args(argv)
-    methods = args.methods.split(",")
-    if not {"okd", "sgo"} <= set(methods):
+    variants = args.methods.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"--methods: unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    if not {"okd", "sgo"} <= set(variants):
         p.error("--methods must include okd and sgo (the headline compares them)")
+    seeds = [int(s) for s in args.seeds.split(",")]
     if args.quick:
         args.steps, args.eval_every, args.eval_examples, args.max_new_tokens = 4, 2, 8, 16
+        seeds = seeds[:2]
 
     import os
 
@@ -117,54 +254,125 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(tempfile.mkdtemp(prefix="okd_vs_sgo_"))
-    paths = build_models(args.quick, work / "models" if args.quick else Path(args.models))
+    from distill_ray.models.local import init_benchmark_models
+
+    paths = init_benchmark_models(args.quick, work / "models" if args.quick else Path(args.models))
     load_before = os.getloadavg()
-    per_method = {}
+    t_all = time.perf_counter()
+    print("-- step 0: the warm-up student and the teacher on the validation rows", flush=True)
+    warmup = evaluate_reference(paths, args, "student", "validation")
+    teacher = evaluate_reference(paths, args, "teacher", "validation")
+    # the testbed itself, on every test row: is the teacher exact at every length, is the student not?
+    testbed = {role: evaluate_reference(paths, args, key, "test") for role, key in (("teacher", "teacher"), ("warmup", "student"))}
+    w0 = warmup["overall"]["rouge_l"]
+    for role, res in testbed.items():
+        print(f"   {role} on the test split: " + ", ".join(
+            f"{b.split()[0]} EM {v['exact_match']:.2f} RL {v['rouge_l']:.2f} len {v['mean_length']:.0f}"
+            for b, v in res["by_length"].items() if v["n"]), flush=True)
+    print(f"   validation ROUGE-L: warm-up {w0:.3f}, teacher {teacher['overall']['rouge_l']:.3f}", flush=True)
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    partial_path = Path(args.out).with_suffix(".partial.json")
+    if args.resume and partial_path.is_file():
+        kept = json.loads(partial_path.read_text())
+        if kept["warmup"]["overall"] != warmup["overall"]:
+            p.error(f"--resume: {partial_path} was measured from another warm-up student; remove it")
+        for v in variants:
+            runs[v] = [r for r in kept["runs"].get(v, []) if r["seed"] in seeds]
+        print(f"-- resuming: {sum(map(len, runs.values()))} runs kept from {partial_path}", flush=True)
     own_ray = not ray.is_initialized()  # inside the test suite the session's Ray is reused, not shut down
     try:
-        for method in methods:
-            t0 = time.perf_counter()
-            print(f"-- {method}: {args.steps} steps", flush=True)
-            per_method[method] = summarize(run_method(method, paths, work / method, args))
-            per_method[method]["wall_seconds"] = time.perf_counter() - t0
+        for seed in seeds:  # seeds outermost: a drift in machine load spreads over every variant alike
+            for variant in variants:
+                if any(r["seed"] == seed for r in runs[variant]):
+                    continue
+                t0 = time.perf_counter()
+                print(f"-- {variant} seed {seed}: {args.steps} steps", flush=True)
+                run = run_variant(variant, seed, paths, work / f"{variant}-{seed}", args)
+                run["seed"], run["wall_seconds"] = seed, time.perf_counter() - t0
+                run["validation"].insert(0, {"step": 0, "train_seconds": 0.0, "rouge_l": w0,
+                                             "exact_match": warmup["overall"]["exact_match"]})
+                runs[variant].append(run)
+                # every run so far, rewritten after each one: an interrupted benchmark keeps what it measured
+                _common.write_result(partial_path,
+                                     {"warmup": warmup, "teacher": teacher, "testbed": testbed, "runs": runs})
+                print(f"   final validation ROUGE-L {run['final_rouge_l']:.3f} (warm-up {w0:.3f}), "
+                      f"{run['train_seconds']:.0f}s training", flush=True)
     finally:
         if own_ray and ray.is_initialized():
             ray.shutdown()
-    target = min(per_method["sgo"]["final_rouge_l"], per_method["okd"]["final_rouge_l"])
-    for r in per_method.values():
-        r["time_to_target_seconds"] = time_to(r["validation"], target)
-    okd, sgo = per_method["okd"], per_method["sgo"]
+
+    best = max(variants, key=lambda v: statistics.fmean(r["final_rouge_l"] for r in runs[v]))
+    best_final = statistics.fmean(r["final_rouge_l"] for r in runs[best])
+    target = w0 + args.target_fraction * (best_final - w0)
+    for v in variants:
+        runs[v].sort(key=lambda r: seeds.index(r["seed"]))  # seed order, so per-seed ratios pair up
+    per_variant = {v: aggregate(runs[v], w0, target) for v in variants}
+    t_rouge = teacher["overall"]["rouge_l"]
     result = {
-        "question": "training cost of each method on the same models, data and machine (OKD vs SGO)",
-        "settings": {"methods": methods, "steps": args.steps, "eval_every": args.eval_every,
-                     "eval_examples": args.eval_examples, "max_new_tokens": args.max_new_tokens,
-                     "quick": args.quick, "config": "configs/quickstart.yaml + distill_ray/quickstart.py METHODS"},
+        "question": "training cost of each method to the same quality, on the same models, data and machine (OKD vs SGO)",
+        "settings": {"variants": {v: {"method": VARIANTS[v][0], "overrides": VARIANTS[v][1]} for v in variants},
+                     "divergence": DIVERGENCE, "seeds": seeds, "steps": args.steps, "eval_every": args.eval_every,
+                     "eval_examples": args.eval_examples, "max_new_tokens": args.max_new_tokens, "quick": args.quick,
+                     "target_fraction": args.target_fraction,
+                     "config": "configs/quickstart.yaml + distill_ray/quickstart.py METHODS + the variant's overrides"},
+        "seeds": len(seeds),
+        "warmup_rouge_l": w0,
+        "teacher_rouge_l": t_rouge,
+        "teacher_validation": teacher,
+        "warmup_validation": warmup,
+        "testbed_test_split": testbed,
+        "teacher_exact_match_by_length_test": {b: v["exact_match"] for b, v in testbed["teacher"]["by_length"].items()},
+        "best_variant": best,
+        "best_gap_recovered": (best_final - w0) / (t_rouge - w0) if t_rouge > w0 else None,
         "target_rouge_l": target,
-        "sgo_over_okd_step_time": ratio(sgo["step_seconds"], okd["step_seconds"]),
-        "sgo_over_okd_time_to_target": ratio(sgo["time_to_target_seconds"], okd["time_to_target_seconds"]),
-        "methods": per_method,
+        "target_above_warmup": target > w0,
+        "target_rule": f"warm-up + {args.target_fraction} x ({best}'s mean final - warm-up)",
+        "sgo_over_okd_time_to_target": time_ratio(per_variant["sgo"], per_variant["okd"]),
+        "sgo_over_okd_cpu_seconds_to_target": time_ratio(per_variant["sgo"], per_variant["okd"], "cpu_seconds_to_target"),
+        "over_okd_time_to_target": {v: time_ratio(per_variant[v], per_variant["okd"]) for v in variants if v != "okd"},
+        "methods": per_variant,
+        "total_seconds": time.perf_counter() - t_all,
         "machine": _common.machine(load_before),
     }
+    if not result["target_above_warmup"]:
+        rejected = _common.write_result(Path(args.out).with_suffix(".rejected.json"), result)
+        print(format_table(result))
+        print(f"error: no variant improved on the warm-up student (best {best}: {best_final:.4f} <= {w0:.4f}); "
+              f"a time to target means nothing here. Runs kept in {rejected}; {args.out} left as it was.", file=sys.stderr)
+        return 1
     out = _common.write_result(args.out, result)
     print(format_table(result))
     print(f"wrote {out}")
     return 0
 
 
+def _fmt_spread(s: dict, unit: str = "") -> str:
+    med = s["median"]
+    if not isinstance(med, float) and not isinstance(med, int):
+        return f"never ({s['reached']}/{s['of']})"
+    rng = f" [{s['min']:.0f}-{s['max']}]" if s["max"] == "never" else f" [{s['min']:.0f}-{s['max']:.0f}]"
+    return f"{med:.0f}{unit}{rng}"
+
+
 def format_table(result: dict) -> str:
-    cols = list(BREAKDOWN) + ["other"]
-    head = f"{'method':<8} {'step s':>7} {'s/1k tok':>8} {'final RL':>8} {'to target':>9}  " + " ".join(f"{c:>15}" for c in cols)
+    head = (f"{'variant':<9} {'cores':>5} {'step s mean':>11} {'final RL':>15} {'gain':>15} "
+            f"{'steps to tgt':>14} {'s to tgt':>14} {'cpu-s to tgt':>16} {'tokens':>8}")
     lines = [head, "-" * len(head)]
     for name, r in result["methods"].items():
-        ttt = r["time_to_target_seconds"]
+        f, g = r["final_rouge_l"], r["final_minus_warmup"]
         lines.append(
-            f"{name:<8} {r['step_seconds']:>7.3f} {r['per_1k_tokens_seconds']:>8.3f} {r['final_rouge_l'] or 0:>8.3f} "
-            f"{(f'{ttt:.0f}s' if ttt is not None else 'never'):>9}  "
-            + " ".join(f"{r['breakdown_seconds'][c]:>15.3f}" for c in cols)
+            f"{name:<9} {r['cores_held']:>5} {r['step_seconds_mean']['mean']:>11.3f} "
+            f"{f['mean']:>8.3f}±{f['std']:.3f} {g['mean']:>+8.3f}±{g['std']:.3f} "
+            f"{_fmt_spread(r['steps_to_target']):>14} {_fmt_spread(r['seconds_to_target'], 's'):>14} "
+            f"{_fmt_spread(r['cpu_seconds_to_target'], 's'):>16} {r['tokens_trained']['mean']:>8.0f}"
         )
+    h = result["sgo_over_okd_time_to_target"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
-    lines.append(f"target ROUGE-L {result['target_rouge_l']:.3f}; sgo/okd step time {fmt(result['sgo_over_okd_step_time'])}, "
-                 f"time to target {fmt(result['sgo_over_okd_time_to_target'])}")
+    lines.append(f"warm-up ROUGE-L {result['warmup_rouge_l']:.3f}, teacher {result['teacher_rouge_l']:.3f}, "
+                 f"target {result['target_rouge_l']:.3f} ({result['target_rule']}); best gap recovered "
+                 f"{fmt(result['best_gap_recovered']).rstrip('x')}")
+    lines.append(f"sgo/okd time to target {fmt(h['ratio_of_medians'])} (per-seed {fmt(h['min'])}-{fmt(h['max'])}); "
+                 f"{result['seeds']} seeds")
     return "\n".join(lines)
 
 

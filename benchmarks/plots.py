@@ -2,8 +2,9 @@
 
     python benchmarks/plots.py          # reads benchmarks/results/{okd_vs_sgo,quality}.json
 
-    quality_vs_time.png    validation ROUGE-L against training wall-clock, per method (okd_vs_sgo)
-    time_breakdown.png     median seconds per step split into its parts, per method (okd_vs_sgo)
+    quality_vs_time.png    validation ROUGE-L against training wall-clock, per variant, mean ± std over
+                           seeds, with the target and the warm-up score (okd_vs_sgo)
+    time_breakdown.png     median seconds per step split into its parts, per variant (okd_vs_sgo)
     quality_by_length.png  test ROUGE-L per reference-length bucket, per method and student size,
                            mean and standard deviation over seeds (quality)
 
@@ -18,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-COLORS = {"sft": "#7f7f7f", "kd": "#1f77b4", "okd": "#2ca02c", "sgo": "#d62728", "switch": "#9467bd"}
+COLORS = {"sft": "#7f7f7f", "kd": "#1f77b4", "okd": "#2ca02c", "sgo": "#d62728", "sgo_l1": "#ff9896",
+          "sgo_sync": "#8c564b", "switch": "#9467bd"}
 PARTS = [("rollout_wait", "waiting for rollout"), ("teacher_forward", "teacher forward"),
          ("student_fwd_bwd", "student forward+backward"), ("optimizer", "optimizer step"),
          ("weight_sync", "weight sync"), ("other", "other (batching, logging)")]
@@ -44,12 +46,14 @@ def quality_vs_time(result: dict, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for method, r in result["methods"].items():
-        curve = r["validation"]
-        ax.plot([c["train_seconds"] for c in curve], [c["rouge_l"] for c in curve], marker="o", ms=3,
-                label=method, color=COLORS.get(method))
-    ax.axhline(result["target_rouge_l"], ls="--", lw=1, color="black", label="target (min of sgo, okd final)")
-    ax.set_xlabel("training wall-clock (s, validation excluded)")
-    ax.set_ylabel("validation ROUGE-L")
+        curve = r["validation"]  # mean over seeds at each validation step
+        ax.errorbar([c["train_seconds"] for c in curve], [c["rouge_l"] for c in curve],
+                    yerr=[c.get("rouge_l_std", 0.0) for c in curve], marker="o", ms=3, capsize=2,
+                    label=method, color=COLORS.get(method))
+    ax.axhline(result["target_rouge_l"], ls="--", lw=1, color="black", label="target")
+    ax.axhline(result["warmup_rouge_l"], ls=":", lw=1, color="gray", label="warm-up student")
+    ax.set_xlabel("training wall-clock (s, validation excluded; mean over seeds)")
+    ax.set_ylabel(f"validation ROUGE-L (mean ± std, {result['seeds']} seeds)")
     ax.set_title(f"Quality against training time ({result['settings']['steps']} steps each)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

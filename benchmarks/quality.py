@@ -8,8 +8,8 @@ distill_ray/quickstart.py: 2 DeepSpeed ZeRO-2 ranks, 1 torch rollout worker, sam
 optimizer), from the same SFT warm-up student, and is scored on the same test rows with greedy
 decoding. Two students against the one teacher (1.31M parameters):
 
-    small   the quickstart student, 32 wide x 2 layers (0.10M): a large gap (13x)
-    large   LARGE_STUDENT in distill_ray/models/local.py, 64 x 3 (0.32M): a small gap (4x)
+    small   the quickstart student, 64 wide x 2 layers (0.26M): a large gap (5x)
+    large   LARGE_STUDENT in distill_ray/models/local.py, 96 x 3 (0.64M): a small gap (2.1x)
 
 Each (size, method) runs with --seeds (trainer.seed and data.shuffle_seed: data order, sampling,
 OKD module init); the JSON gives every seed's scores and their mean and standard deviation,

@@ -365,6 +365,9 @@ def measure_set(gen: SwitchGenerator, prompts, sampling: SamplingConfig, args) -
         rows.append({
             "target_fraction": target,
             "tau0": tau0,
+            # JSD is at most ln 2: a tau0 above it never triggers at the first positions, so the rule
+            # degenerates into "the student writes the first positions, the teacher the rest"
+            "tau0_above_ln2": tau0 > math.log(2),
             "teacher_fraction": f,
             "tokens": tokens,
             "mean_response_tokens": tokens / len(prompts),

@@ -1,10 +1,22 @@
 """Synthetic instruction-following tasks whose answers can be checked exactly.
 
-Each example is {"task", "prompt", "response"}. Response lengths spread from a few words to
-about 200, so quality can be measured by exact match and ROUGE-L per length bucket. The tasks
-are algorithmic (counting, copying, reversing, a fixed word-for-word "translation",
-sorting numbers) so a small teacher can learn them well and a much smaller student visibly
-cannot, which is what a distillation testbed needs.
+Each example is {"task", "prompt", "response"}. Every task draws its length log-uniformly from
+2 to 150-190 words, so each task appears in every length bucket and length and task can be told
+apart. The tasks are rules a model applies one token at a time, from a few words of the prompt:
+
+    count         "Count up in twos from 12 to 80."    14 16 ... 80     (up or down, step 1-3)
+    walk          "Walk the chain from panda to yarn." yogurt ... yarn
+    walk_back     the same chain, backwards (each word's predecessor)
+    walk_zorbish  the walk, each word given in "Zorbish" (a fixed made-up word for every word)
+
+The chain is a fixed secret order of 152 words (CHAIN). Nothing in the prompt says what follows
+a word, so a model can only walk it by having learnt all 152 successors (and predecessors, and
+Zorbish names): knowledge the teacher holds and a small student lacks, which is what
+distillation transfers. Each step is a lookup and the stop is "the word just written is the
+prompt's last word"; responses start after the start word and the step is spelt out, so the end
+word is the only word of the prompt a response ever writes: stopping needs one attention match,
+not a count. A teacher that knows the chain is exact at every length (one error in 150 lookups
+is what a long exact match measures).
 """
 
 from __future__ import annotations
@@ -24,7 +36,10 @@ WORDS = (
     "sunset tiger umbrella violin walrus yogurt acorn bamboo copper desert echo fabric "
     "glacier harbor iron jade kernel lantern meadow nectar orbit pebble quartz ribbon "
     "shadow thunder valley willow canyon comet crystal ember frost galaxy horizon lagoon "
-    "lotus maple nebula oasis prairie summit tundra volcano breeze coral dune fern grove"
+    "lotus maple nebula oasis prairie summit tundra volcano breeze coral dune fern grove "
+    "arrow badge cabin daisy eagle flute goose honey ivory jewel kite llama mango nickel olive "
+    "panda quill radish salmon tulip unicorn vapor walnut yarn zinnia almond beacon cherry "
+    "denim elbow fossil ginger helmet insect jigsaw kitten lizard mitten noodle onion peanut"
 ).split()
 
 _SYLLABLES = ["ka", "zo", "mi", "ru", "te", "lo", "shi", "vo", "na", "bu", "xe", "pi", "da", "qua", "fe", "gu"]
@@ -46,56 +61,71 @@ def zorbish_dictionary(seed: int = 1234) -> dict[str, str]:
 
 
 ZORBISH = zorbish_dictionary()
-# the words the translation task uses: a vocabulary small enough for the teacher to learn well
-TRANSLATABLE = WORDS[:32]
+# the longest walk along the chain (in words; shorter than the chain, so no word repeats)
+MAX_WALK = 150
+# counting runs over 0..MAX_NUMBER (each number one token of the local tokenizer), at most MAX_COUNT numbers
+MAX_NUMBER = 199
+MAX_COUNT = 190
 
 
-def _words(rng: random.Random, n: int) -> list[str]:
-    return [rng.choice(WORDS) for _ in range(n)]
+_STEP_WORDS = {1: "ones", 2: "twos", 3: "threes"}
 
 
-def _count_up(rng: random.Random) -> tuple[str, str]:
-    length = _long_tailed_length(rng, 3, 190)
-    start = rng.randint(0, 299 - length)
-    nums = list(range(start, start + length))
-    return f"Count from {nums[0]} to {nums[-1]}.", " ".join(map(str, nums))
+def _count(rng: random.Random) -> tuple[str, str]:
+    step = rng.choice((1, 2, 3))
+    length = _long_tailed_length(rng, 2, min(MAX_COUNT, MAX_NUMBER // step - 1))
+    span = step * length
+    if rng.random() < 0.5:
+        start = rng.randint(0, MAX_NUMBER - span)
+        nums = list(range(start + step, start + span + 1, step))
+        verb = "up"
+    else:
+        start = rng.randint(span, MAX_NUMBER)
+        nums = list(range(start - step, start - span - 1, -step))
+        verb = "down"
+    return f"Count {verb} in {_STEP_WORDS[step]} from {start} to {nums[-1]}.", " ".join(map(str, nums))
 
 
-def _count_down(rng: random.Random) -> tuple[str, str]:
-    length = _long_tailed_length(rng, 3, 120)
-    start = rng.randint(length, 299)
-    nums = list(range(start, start - length, -1))
-    return f"Count down from {nums[0]} to {nums[-1]}.", " ".join(map(str, nums))
+def chain_order(seed: int = 4321) -> list[str]:
+    """The fixed secret order of WORDS that the walk tasks follow (a cycle: the last word leads to
+    the first). A model can only walk it by having learnt every word's successor."""
+    order = list(WORDS)
+    random.Random(seed).shuffle(order)
+    return order
 
 
-def _copy(rng: random.Random) -> tuple[str, str]:
-    words = _words(rng, _long_tailed_length(rng, 2, 40))
-    text = " ".join(words)
-    return f"Repeat these words: {text}", text
+CHAIN = chain_order()
+_CHAIN_NEXT = {w: CHAIN[(i + 1) % len(CHAIN)] for i, w in enumerate(CHAIN)}
 
 
-def _reverse(rng: random.Random) -> tuple[str, str]:
-    words = _words(rng, rng.randint(2, 5))
-    return f"Reverse these words: {' '.join(words)}", " ".join(reversed(words))
+def _walk_words(rng: random.Random) -> tuple[str, list[str]]:
+    """A start word and the words that follow it on the chain (the response: the start excluded)."""
+    length = _long_tailed_length(rng, 2, MAX_WALK)
+    start = rng.randrange(len(CHAIN))
+    return CHAIN[start], [CHAIN[(start + i) % len(CHAIN)] for i in range(1, length + 1)]
 
 
-def _translate(rng: random.Random) -> tuple[str, str]:
-    words = [rng.choice(TRANSLATABLE) for _ in range(_long_tailed_length(rng, 2, 30))]
-    return f"Translate to Zorbish: {' '.join(words)}", " ".join(ZORBISH[w] for w in words)
+def _walk(rng: random.Random) -> tuple[str, str]:
+    start, words = _walk_words(rng)
+    return f"Walk the chain from {start} to {words[-1]}.", " ".join(words)
 
 
-def _sort_numbers(rng: random.Random) -> tuple[str, str]:
-    nums = rng.sample(range(100), rng.randint(2, 5))
-    return f"Sort these numbers: {' '.join(map(str, nums))}", " ".join(map(str, sorted(nums)))
+def _walk_back(rng: random.Random) -> tuple[str, str]:
+    end, words = _walk_words(rng)
+    words = words[::-1][1:] + [end]  # backwards from the walk's last word: its predecessors, down to `end`
+    return f"Walk the chain backwards from {_CHAIN_NEXT[words[0]]} to {end}.", " ".join(words)
+
+
+def _walk_zorbish(rng: random.Random) -> tuple[str, str]:
+    start, words = _walk_words(rng)
+    return f"Walk the chain from {start} to {words[-1]} in Zorbish.", " ".join(ZORBISH[w] for w in words)
 
 
 TASKS = {
-    "count_up": _count_up,
-    "count_down": _count_down,
-    "copy": _copy,
-    "reverse": _reverse,
-    "translate": _translate,
-    "sort": _sort_numbers,
+    "count": _count,
+    "walk": _walk,
+    "walk_back": _walk_back,
+    "walk_zorbish": _walk_zorbish,
 }
 
 

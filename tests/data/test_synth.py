@@ -1,6 +1,8 @@
+import random
 from collections import Counter
 
 from distill_ray.data import synth
+from distill_ray.eval.metrics import LENGTH_BUCKETS
 
 
 def test_splits_are_disjoint_deterministic_and_spread_in_length():
@@ -10,29 +12,52 @@ def test_splits_are_disjoint_deterministic_and_spread_in_length():
     prompts = [set(r["prompt"] for r in rows) for rows in a.values()]
     assert not (prompts[0] & prompts[1]) and not (prompts[0] & prompts[2]) and not (prompts[1] & prompts[2])
     lengths = [len(r["response"].split()) for r in a["train"]]
-    assert min(lengths) <= 5 and max(lengths) >= 150
-    assert sum(n > 64 for n in lengths) >= 50  # a real long tail
+    assert min(lengths) <= 5 and max(lengths) >= 140
     assert set(Counter(r["task"] for r in a["train"])) == set(synth.TASKS)
+    # every task at every length: each (task, bucket) pair has rows, so length and task are separable
+    for task in synth.TASKS:
+        words = [len(r["response"].split()) for r in a["train"] if r["task"] == task]
+        for name, lo, hi in LENGTH_BUCKETS:
+            assert sum(lo <= n <= hi for n in words) >= 30, (task, name)
+
+
+def test_chain_is_a_fixed_cycle_of_distinct_words():
+    assert sorted(synth.CHAIN) == sorted(synth.WORDS) and len(set(synth.WORDS)) == len(synth.WORDS)
+    assert synth.chain_order() == synth.CHAIN  # deterministic
+    assert len(set(synth.ZORBISH.values())) == len(synth.ZORBISH)  # one-to-one
 
 
 def test_answers_are_checkable():
-    import random
-
     rng = random.Random(0)
-    for _ in range(200):
+    succ = {w: synth.CHAIN[(i + 1) % len(synth.CHAIN)] for i, w in enumerate(synth.CHAIN)}
+    zorbish_back = {v: k for k, v in synth.ZORBISH.items()}
+    seen = Counter()
+    for _ in range(400):
         ex = synth.make_example(rng)
-        words = ex["prompt"].split(": ", 1)[-1].split()
-        if ex["task"] == "copy":
-            assert ex["response"].split() == words
-        elif ex["task"] == "reverse":
-            assert ex["response"].split() == words[::-1]
-        elif ex["task"] == "sort":
-            assert ex["response"].split() == [str(n) for n in sorted(map(int, words))]
-        elif ex["task"] == "translate":
-            assert ex["response"].split() == [synth.ZORBISH[w] for w in words]
-        elif ex["task"] == "count_up":
-            nums = [int(x) for x in ex["response"].split()]
-            assert nums == list(range(nums[0], nums[-1] + 1))
+        seen[ex["task"]] += 1
+        out = ex["response"].split()
+        if ex["task"] == "count":
+            words = ex["prompt"].rstrip(".").split()  # Count up in twos from 12 to 80
+            step = {"ones": 1, "twos": 2, "threes": 3}[words[3]]
+            start, end = int(words[5]), int(words[7])
+            sign = 1 if words[1] == "up" else -1
+            assert [int(x) for x in out] == list(range(start + sign * step, end + sign, sign * step))
+            prompt_words = {start}
+        else:
+            words = [zorbish_back[w] for w in out] if ex["task"] == "walk_zorbish" else out
+            if ex["task"] == "walk_back":
+                words = words[::-1]
+            assert all(succ[a] == b for a, b in zip(words, words[1:]))
+            start = ex["prompt"].split("from ")[1].split()[0]
+            if ex["task"] == "walk_back":
+                assert succ[out[0]] == start and ex["prompt"].rstrip(".").endswith(f"to {out[-1]}")
+            else:
+                assert succ[start] == words[0] and f"to {words[-1]}" in ex["prompt"]
+            assert len(set(words)) == len(words)  # never around the whole cycle
+            prompt_words = {start}
+        # the start is never written: the end word is the only prompt word a response contains
+        assert not prompt_words & {int(x) if ex["task"] == "count" else x for x in out}
+    assert set(seen) == set(synth.TASKS)
 
 
 def test_write_splits(tmp_path):
