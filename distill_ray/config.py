@@ -42,7 +42,9 @@ class DataConfig:
     prompt_field: str = "prompt"  # field holding the instruction / prompt (Dolly: "instruction")
     context_field: str | None = "context"  # optional field appended to the prompt when non-empty (Dolly: "context")
     response_field: str = "response"  # field holding the reference response
-    template: str = "Instruction: {prompt}\nResponse:"  # prompt template; {prompt} is the prompt (+ context)
+    template: str = "Instruction: {prompt}\nResponse:"  # prompt template; {prompt} is the prompt (+ context); used when no chat template applies
+    chat_template: Literal["auto", "none"] = "auto"  # auto: render prompts with the tokenizer's chat template when it has one (the user turn is the prompt + context, responses end with its EOS); none: always data.template
+    system_prompt: str | None = None  # system turn of chat-templated prompts; None: the chat template's own default
     max_prompt_tokens: int = 128  # prompts longer than this are skipped or truncated (see too_long)
     max_response_tokens: int = 256  # responses longer than this are skipped or truncated (see too_long)
     too_long: Literal["skip", "truncate"] = "skip"  # what to do with over-long rows (counted and reported either way)
@@ -148,6 +150,7 @@ class EvalConfig:
     max_new_tokens: int = 256  # longest generated response
     batch_size: int = 64  # prompts generated at once
     sample: bool = False  # also evaluate with sampling (temperature 1) besides greedy
+    teacher_kl: bool = False  # validation also reports teacher-forced KL(teacher || student) per token (val/kl_teacher) and the student's perplexity on the references (val/student_ppl); loads the teacher in the driver
 
 
 @dataclass

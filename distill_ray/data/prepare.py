@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from distill_ray.config import Config, DataConfig
-from distill_ray.data.encoding import Encoded, LengthReport, encode_examples
+from distill_ray.data.encoding import Encoded, LengthReport, chat_format, encode_examples
 from distill_ray.data.loading import FieldMap, load_examples_with_report, shuffled
 
 
@@ -59,7 +59,7 @@ def prepare_split(
         examples = examples[:max_rows]
     rows, report = encode_examples(
         examples, tokenizer, cfg.template, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.too_long,
-        max_total_tokens=max_total_tokens,
+        max_total_tokens=max_total_tokens, chat=chat_format(tokenizer, cfg.chat_template, cfg.system_prompt),
     )
     report.skipped_bad, report.first_bad = loaded.bad, loaded.first_bad
     return rows, report

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from distill_ray.data.encoding import Encoded, collate_prompts
+from distill_ray.errors import DistillError
 from distill_ray.eval.metrics import LENGTH_BUCKETS, Scored, summarize
 
 
@@ -108,6 +109,41 @@ def evaluate_model(
         {"prediction": s.prediction, "reference": s.reference, "task": s.task} for s in scored[:5]
     ]
     return result
+
+
+@torch.no_grad()
+def teacher_closeness(student, teacher, encoded: list[Encoded], *, pad_token_id: int, batch_size: int = 4,
+                      progress: bool = False) -> dict:
+    """How close the student is to the teacher on the references (teacher-forced, response tokens
+    only): KL(teacher || student) per token in nats, and both models' perplexity on the references
+    (for a real pair the references are the teacher's own answers: `distill-ray data instruct`)."""
+    from distill_ray.data.encoding import collate_for_training
+
+    student.eval()
+    teacher.eval()
+    kl_sum = nll_s = nll_t = 0.0
+    tokens = 0
+    for start in range(0, len(encoded), batch_size):
+        b = collate_for_training(encoded[start : start + batch_size], pad_token_id)
+        ids, attn, mask = b["input_ids"], b["attention_mask"], b["loss_mask"][:, :-1].bool()
+        labels = ids[:, 1:]
+        ls = torch.log_softmax(student(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
+        lt = torch.log_softmax(teacher(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
+        if ls.shape[-1] != lt.shape[-1]:
+            raise DistillError(f"eval --teacher: teacher vocabulary {lt.shape[-1]} != student vocabulary {ls.shape[-1]}")
+        kl = (lt.exp() * (lt - ls)).sum(-1)
+        kl_sum += float(kl[mask].sum())
+        nll_s -= float(ls.gather(-1, labels[..., None])[..., 0][mask].sum())
+        nll_t -= float(lt.gather(-1, labels[..., None])[..., 0][mask].sum())
+        tokens += int(mask.sum())
+        if progress:
+            print(f"\r  scored {min(start + batch_size, len(encoded))}/{len(encoded)} against the teacher", end="", flush=True)
+    if progress:
+        print()
+    import math
+
+    return {"kl_teacher_student_per_token": kl_sum / max(tokens, 1), "student_perplexity": math.exp(nll_s / max(tokens, 1)),
+            "teacher_perplexity": math.exp(nll_t / max(tokens, 1)), "tokens": tokens}
 
 
 def format_table(results: dict[str, dict]) -> str:

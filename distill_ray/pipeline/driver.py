@@ -318,5 +318,23 @@ def _validate(cfg: Config, trainer, tokenizer, rows: list[Encoded]) -> dict[str,
     model = load_causal_lm(cfg.model.student)
     model.load_state_dict(load_safetensors(trainer.student_state_safetensors()), strict=False)
     res = evaluate_model(model, tokenizer, rows, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
-    return {"val/rouge_l": res["overall"]["rouge_l"], "val/exact_match": res["overall"]["exact_match"],
-            "timing/eval": time.perf_counter() - t0}
+    out = {"val/rouge_l": res["overall"]["rouge_l"], "val/exact_match": res["overall"]["exact_match"]}
+    if cfg.eval.teacher_kl:
+        from distill_ray.eval.evaluate import teacher_closeness
+
+        close = teacher_closeness(model, _reference_teacher(cfg.model.teacher), rows, pad_token_id=tokenizer.pad_token_id)
+        out.update({"val/kl_teacher": close["kl_teacher_student_per_token"], "val/student_ppl": close["student_perplexity"]})
+    return {**out, "timing/eval": time.perf_counter() - t0}
+
+
+_TEACHERS: dict[str, object] = {}
+
+
+def _reference_teacher(path: str):
+    """The frozen teacher for validation's KL (eval.teacher_kl), loaded once per driver process."""
+    if path not in _TEACHERS:
+        from distill_ray.models.build import load_causal_lm
+
+        _TEACHERS.clear()
+        _TEACHERS[path] = load_causal_lm(path).eval()
+    return _TEACHERS[path]
