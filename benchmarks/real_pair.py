@@ -56,15 +56,17 @@ def setup(args) -> dict:
     from distill_ray.models.real import import_gguf
 
     root = Path(args.models)
-    teacher = root / "models" / "smollm2-135m-instruct"
+    teacher = Path(args.teacher) if args.teacher else root / "models" / "smollm2-135m-instruct"
     import_gguf(out=teacher)
     student = root / "models" / f"smollm2-{args.layers}l"
     manifest = student / MANIFEST
     if not (manifest.is_file() and json.loads(manifest.read_text())["layers"] == args.layers):
         prune(teacher, student, args.layers, force=True)
     data = root / "data" / ("instruct-quick" if args.quick else "instruct")
-    build_instruct_splits(teacher, data, train=args.train_rows, validation=args.validation_rows, test=0,
-                          max_tokens=args.max_tokens, backend="torch" if args.quick else "vllm")
+    # the README's `distill-ray data instruct` splits (reused when they exist); --validation-rows of them are measured
+    build_instruct_splits(teacher, data, train=args.train_rows, validation=args.validation_rows if args.quick else max(100, args.validation_rows),
+                          test=0 if args.quick else 100, max_tokens=args.max_tokens,
+                          backend="torch" if args.quick else "vllm")
     return {"teacher": str(teacher), "student": str(student), "data": str(data),
             "prune": json.loads(manifest.read_text())}
 
@@ -198,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rouge-rows", type=int, default=20, help="of those, rows the final greedy ROUGE-L is measured on")
     p.add_argument("--max-tokens", type=int, default=128, help="longest teacher answer (data) and student answer")
     p.add_argument("--models", default=str(ROOT / "local"), help="root of local/models and local/data")
+    p.add_argument("--teacher", default=None, help="the imported teacher (default: MODELS/models/smollm2-135m-instruct)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for every run")
     p.add_argument("--depth-costs", default="", help="also time a student step at these depths, e.g. 2,4,6,8,12")
     p.add_argument("--quick", action="store_true", help="2 steps, tiny data, torch rollouts: a smoke test")

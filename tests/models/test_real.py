@@ -101,8 +101,8 @@ def _hf_greedy(model_dir: Path, prompts: list[list[int]], new: int, eos: int) ->
 
 @pytest.mark.vllm
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
-def test_vllm_float32_greedy_equals_transformers_for_teacher_and_pruned_student(
-        ray_local, real_teacher, pruned_student, real_tokenizer):
+def test_vllm_float32_greedy_equals_transformers_for_the_teacher(ray_local, real_teacher, real_tokenizer):
+    """(The pruned student in vLLM: tests/pipeline/test_real_pair.py's sgo run generates with it.)"""
     from distill_ray.rollout.sampling import SamplingConfig
     from distill_ray.rollout.workers import EngineConfig, create_rollout_worker
 
@@ -111,12 +111,36 @@ def test_vllm_float32_greedy_equals_transformers_for_teacher_and_pruned_student(
     engine = EngineConfig(backend="vllm", dtype="float32", eos_token_id=eos, pad_token_id=eos, vllm_kv_cache_gib=0.5,
                           vllm_max_model_len=512)
     greedy = SamplingConfig(temperature=0.0, max_new_tokens=24)
-    for model_dir in (real_teacher, pruned_student):
+    for model_dir in (real_teacher,):
         worker = create_rollout_worker(str(model_dir), engine=engine, num_cpus=1)
         try:
-            batch = ray_local.get(worker.generate.remote(prompts, list(range(len(prompts))), greedy), timeout=600)
+            batch = ray_local.get(worker.generate.remote(prompts, list(range(len(prompts))), greedy), timeout=1200)
         finally:
             ray_local.kill(worker)
         got = [r[:-1] if r and r[-1] == eos else r for r in batch.responses()]
         want = [r[:-1] if r and r[-1] == eos else r for r in _hf_greedy(model_dir, prompts, 24, eos)]
         assert got == want, f"{model_dir.name}: vLLM greedy differs from transformers greedy"
+
+
+def test_instruct_data_is_the_teachers_own_answers(real_data, real_teacher, real_tokenizer, capsys):
+    import json
+
+    from distill_ray.data.instructions import build_instruct_splits
+
+    d = real_data["dir"]
+    rows = {s: [json.loads(line) for line in (d / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "validation", "test")}
+    assert [len(rows[s]) for s in ("train", "validation", "test")] == [12, 4, 4]
+    every = [r["prompt"] for split in rows.values() for r in split]
+    assert len(set(every)) == len(every)  # no prompt in two splits
+    assert all(r["response"] and r["kind"] for split in rows.values() for r in split)
+    # a validation reference is the teacher's plain greedy answer to the chat-templated prompt
+    first = rows["validation"][0]
+    prompt = real_tokenizer(chat_text(real_tokenizer, ChatFormat(), first["prompt"]), add_special_tokens=False)["input_ids"]
+    eos = real_tokenizer.eos_token_id
+    greedy = _hf_greedy(real_teacher, [prompt], 24, eos)[0]
+    greedy = greedy[:-1] if greedy and greedy[-1] == eos else greedy
+    assert first["response"] == real_tokenizer.decode(greedy, skip_special_tokens=True).strip()
+    assert first["capped"] == (len(greedy) == 24)
+    # a second call with the same settings reuses the files
+    build_instruct_splits(real_teacher, d, train=12, validation=4, test=4, max_tokens=24, backend="torch")
+    assert "reusing" in capsys.readouterr().out

@@ -1,8 +1,9 @@
 """The distributed pipeline on the real pair: SmolLM2-135M-Instruct (imported GGUF) teaching a
 student pruned from it, on the teacher's own chat-templated answers (tests/conftest.py). Every
-method runs two steps through the driver on the session's Ray: kd with 1 and with 2 DeepSpeed
-ranks, okd, seqkd, sgo on vLLM rollout workers (float32), switch (torch rollout: SWITCH on vLLM is
-not built yet), and kd from a remote teacher (TeacherScorer on vLLM, top-k log-probabilities).
+method runs two steps through the driver on the session's Ray: kd, okd, seqkd, switch (torch
+rollout: SWITCH on vLLM is not built yet) on 1 DeepSpeed rank; sgo on 2 ranks with the pruned
+student in a vLLM rollout worker (float32); and kd from a remote teacher (TeacherScorer on vLLM,
+top-k log-probabilities).
 What is checked: the run trains (finite losses, the student's weights move, on-policy methods
 train on rollouts) and its exported student loads in transformers with the teacher's chat
 template and vocabulary. (The prompts' chat rendering is tests/models/test_real.py's; quality on
@@ -49,13 +50,14 @@ def real_cfg(real_data, student, teacher, out, method: str, **over) -> Config:
 
 CASES = {
     "kd": ("kd", {}),
-    "kd_2ranks": ("kd", {"trainer__num_workers": 2, "trainer__num_cpus_per_worker": 0.5}),
     "okd": ("okd", {}),
     "seqkd": ("seqkd", {}),
     "switch": ("switch", {"rollout__backend": "torch"}),
 }
 if HAS_VLLM:
-    CASES["sgo_vllm"] = ("sgo", {"rollout__backend": "vllm", "method__lambda_on": 1.0})
+    # the pruned student as a vLLM rollout engine (so it loads in vLLM), and 2 DeepSpeed ranks
+    CASES["sgo_vllm_2ranks"] = ("sgo", {"rollout__backend": "vllm", "method__lambda_on": 1.0,
+                                        "trainer__num_workers": 2, "trainer__num_cpus_per_worker": 0.5})
     CASES["kd_remote_vllm"] = ("kd", {"trainer__teacher_mode": "remote", "rollout__backend": "vllm"})
 
 
@@ -70,6 +72,8 @@ def test_each_method_trains_on_the_real_pair(case, ray_local, real_data, real_te
     assert all(math.isfinite(m["loss"]) and m["loss"] > 0 for m in metrics)
     if method in ("sgo", "switch"):
         assert all(m.get("on_policy", 0) == 1.0 for m in metrics)
+    if over.get("rollout__backend") == "vllm" and method == "sgo":
+        assert result["placement"]["rollout"][0]["backend"] == "vllm"
     exported = load_causal_lm(result["student_dir"])
     before = load_causal_lm(pruned_student)
     moved = max(float((a - b).abs().max()) for a, b in zip(exported.parameters(), before.parameters()))
