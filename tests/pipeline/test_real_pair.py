@@ -54,6 +54,7 @@ CASES = {
     "seqkd": ("seqkd", {}),
     "switch": ("switch", {"rollout__backend": "torch"}),
 }
+EXTENDED = {"seqkd", "kd_remote_vllm"}  # `make test-real`, not `make test` (CI's time budget)
 if HAS_VLLM:
     # the pruned student as a vLLM rollout engine (so it loads in vLLM), and 2 DeepSpeed ranks
     CASES["sgo_vllm_2ranks"] = ("sgo", {"rollout__backend": "vllm", "method__lambda_on": 1.0,
@@ -61,7 +62,7 @@ if HAS_VLLM:
     CASES["kd_remote_vllm"] = ("kd", {"trainer__teacher_mode": "remote", "rollout__backend": "vllm"})
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.real_extended) if c in EXTENDED else c for c in CASES])
 def test_each_method_trains_on_the_real_pair(case, ray_local, real_data, real_teacher, pruned_student, real_tokenizer,
                                              tmp_path):
     method, over = CASES[case]

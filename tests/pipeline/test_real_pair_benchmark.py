@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.real_extended]  # `make test-real`
 
 
 def test_real_pair_benchmark_quick(ray_local, load_benchmark, real_teacher, tmp_path):
