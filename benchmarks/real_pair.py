@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import _common  # noqa: E402
+from benchmarks.okd_vs_sgo import cores_held, mean_std, train_time  # noqa: E402  (the same definitions as the headline's)
 
 METHODS = {  # method -> overrides on configs/real.yaml
     "kd": [],
@@ -38,15 +39,6 @@ METHODS = {  # method -> overrides on configs/real.yaml
     "seqkd": [],
     "sft": [],
 }
-
-
-def train_time(m: dict) -> float:
-    return m["timing/step_total"] - m.get("timing/eval", 0.0) - m.get("timing/checkpoint", 0.0)
-
-
-def mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "per_seed": values}
 
 
 def setup(args) -> dict:
@@ -99,8 +91,6 @@ def run_one(method: str, seed: int, paths: dict, out: Path, args) -> dict:
         if "val/kl_teacher" in m:
             curve.append({"step": m["step"], "train_seconds": elapsed, "kl_teacher": m["val/kl_teacher"],
                           "student_ppl": m["val/student_ppl"], "rouge_l": m["val/rouge_l"]})
-    from benchmarks.okd_vs_sgo import cores_held
-
     return {"seed": seed, "steps": len(metrics), "student_dir": result["student_dir"], "wall_seconds": wall,
             "train_seconds": sum(times), "cores_held": cores_held(json.loads((out / "config.json").read_text())),
             "step_seconds": {"mean": statistics.fmean(times), "median": statistics.median(times),

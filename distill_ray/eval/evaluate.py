@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -140,8 +141,6 @@ def teacher_closeness(student, teacher, encoded: list[Encoded], *, pad_token_id:
             print(f"\r  scored {min(start + batch_size, len(encoded))}/{len(encoded)} against the teacher", end="", flush=True)
     if progress:
         print()
-    import math
-
     return {"kl_teacher_student_per_token": kl_sum / max(tokens, 1), "student_perplexity": math.exp(nll_s / max(tokens, 1)),
             "teacher_perplexity": math.exp(nll_t / max(tokens, 1)), "tokens": tokens}
 
