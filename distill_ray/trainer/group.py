@@ -239,6 +239,17 @@ class RankReport:
     online_module_parameters: int
 
 
+def never_build_deepspeed_shm_op() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce op (deepspeed_shm_comm),
+    which `deepspeed.init_distributed` otherwise builds on CPU. Nothing here calls the one
+    collective it serves (inference_all_reduce); the build takes a minute on a fresh 2-core
+    machine, and a build killed midway leaves a lock file on which every later rank waits
+    forever (a CI run hung that way). Marked incompatible, the op is never built."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class TrainerRank:
     """One rank of the group; wrapped with `ray.remote` by TrainerGroup (plain class for readability).
 
@@ -308,6 +319,7 @@ class TrainerRank:
         if self.on_gpu:
             torch.cuda.set_device(0)  # Ray shows each rank only its own GPU, as device 0
         backend = "nccl" if self.on_gpu else "gloo"
+        never_build_deepspeed_shm_op()
         dist.init_process_group(
             backend, init_method=f"tcp://{master_addr}:{master_port}", rank=self.rank,
             world_size=self.world_size, timeout=timedelta(minutes=30),

@@ -370,3 +370,24 @@ def test_learning_rate_follows_the_schedule_inside_deepspeed(sft_run):
     want = [lr_at(i, 2e-2, 2, 4, "cosine") for i in range(4)]
     assert [m["lr"] for m in sft_run["metrics"]] == pytest.approx(want)
     assert want[0] < want[1] and want[3] < want[2]  # warm-up, then decay
+
+
+def test_deepspeed_shm_op_is_never_built_so_a_stale_build_lock_cannot_hang_a_rank(tmp_path):
+    """DeepSpeed's init_distributed JIT-builds an op nothing here uses; a killed build leaves a
+    lock file that made every later rank wait forever. With a stale lock in place, the op's
+    build returns at once (in a subprocess, so a regression fails on the timeout, not by hanging)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "deepspeed_shm_comm").mkdir()
+    (tmp_path / "deepspeed_shm_comm" / "lock").touch()
+    code = ("from distill_ray.trainer.group import never_build_deepspeed_shm_op\n"
+            "never_build_deepspeed_shm_op()\n"
+            "from deepspeed.comm.torch import build_shm_op\n"
+            "print('op:', build_shm_op())\n")
+    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)},
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "op: None" in res.stdout
+    assert sorted(p.name for p in (tmp_path / "deepspeed_shm_comm").iterdir()) == ["lock"]  # nothing was built
