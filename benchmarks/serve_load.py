@@ -126,7 +126,9 @@ def start_service(teacher: str | None, tmp: Path) -> tuple[str, dict]:
     ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
     spec = load_app_spec(ROOT / "deploy/teacher.yaml")
-    serve.run(spec.build({"model": teacher}), name=spec.name, route_prefix=spec.route_prefix)
+    # a token when the shell has one (the benchmark sends it); else open, on this loopback port only
+    auth = {} if os.environ.get("DISTILL_RAY_SERVE_TOKEN") else {"auth": "none"}
+    serve.run(spec.build({"model": teacher, **auth}), name=spec.name, route_prefix=spec.route_prefix)
     return f"http://127.0.0.1:{port}{spec.route_prefix}", {"teacher": source, "deployment": spec.deployment_options,
                                                            "args": {**spec.args, "model": teacher}}
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A multi-node Ray cluster on this one machine: a head node and separate rollout and trainer
 # worker nodes, each a real raylet with its own resources and labels, token authentication on,
-# the dashboard on for `ray job submit`.
+# the dashboard on for `ray job submit` (on 127.0.0.1 only; the nodes themselves register on this
+# machine's network address: see "Networking" below).
 #
 #   cluster/local.sh up       start the cluster (prints how to submit a job)
 #   cluster/local.sh status   which of its nodes are alive, and `ray status` of the cluster
@@ -53,6 +54,14 @@ export RAY_AUTH_TOKEN_PATH="$DIR/auth_token"
 # Job drivers run on the head with this PATH: `distill-ray` and `python` resolve to this venv.
 export PATH="$BIN:$PATH"
 export RAY_USAGE_STATS_ENABLED=0
+# Networking (cluster/README.md, "What the cluster exposes"). On Linux `ray start` registers every
+# node on this machine's network address (it rewrites 127.0.0.1 to it), and Ray binds its servers to
+# loopback only on a node whose address is 127.0.0.1, which Linux allows only for a one-node
+# cluster. So the GCS, raylets, object managers, workers, agents and the Ray client server listen
+# beyond loopback; all of them check the token. The dashboard (job submission) is bound to
+# 127.0.0.1 below. Each node's Prometheus metrics exporter would also listen on every interface
+# and answer without the token; nothing here reads it, so metrics collection is off.
+export RAY_enable_metrics_collection=0
 
 free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -144,6 +153,11 @@ wait_listed() {
     done
 }
 
+# the address the head registered on, as its `ray start` reported it (colour codes removed)
+node_ip() {
+    sed 's/\x1b\[[0-9;]*m//g' "$DIR/logs/head.out" | sed -n 's/.*Local node IP: *\([^ ]*\).*/\1/p' | head -1
+}
+
 print_env() {
     echo "export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT"
     echo "export RAY_AUTH_MODE=token"
@@ -181,7 +195,9 @@ cmd_up() {
     trap - INT TERM
     echo "local Ray cluster up: $nodes nodes (head, $ROLLOUT_NODES x rollout {CPU: $ROLLOUT_CPUS, rollout: $ROLLOUT_CPUS}," \
          "$TRAINER_NODES x trainer {CPU: $TRAINER_CPUS, trainer: $TRAINER_CPUS}); state in $DIR"
-    echo "dashboard: http://127.0.0.1:$DASHBOARD_PORT   GCS: 127.0.0.1:$GCS_PORT"
+    echo "dashboard: http://127.0.0.1:$DASHBOARD_PORT (loopback only)   GCS: 127.0.0.1:$GCS_PORT"
+    echo "nodes registered on $(node_ip) (this machine's network address: Ray's servers listen there too," \
+         "token required; see cluster/README.md)"
     echo "to submit jobs from this shell:"
     print_env | sed 's/^/  /'
 }

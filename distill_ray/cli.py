@@ -6,7 +6,7 @@
     distill-ray models import [--gguf FILE] [--out DIR] [--force]
     distill-ray models prune --from DIR --layers N [--method influence|even] [--mlp-width W] [--out DIR]
     distill-ray train CONFIG [--set key=value ...]
-    distill-ray eval --model DIR --data FILE [--max-examples N] [--sample] [--out JSON]
+    distill-ray eval --model DIR --data FILE | --run RUN_DIR  [--teacher DIR] [--max-examples N] [--sample] [--out JSON]
     distill-ray quickstart   [--out DIR]
 
 User errors print one line, `error: ...`, and exit with status 2 (no traceback).
@@ -83,7 +83,8 @@ def _cmd_train(args) -> int:
     from distill_ray.config import load_config
     from distill_ray.pipeline.local_run import run_local
 
-    cfg = load_config(args.config, args.set or [])
+    cfg = load_config(args.config, args.set or [], check_paths=True)
+    cfg.logging.verbose = cfg.logging.verbose or args.verbose
     if args.in_process:
         if args.resume:
             raise DistillError("--resume needs the distributed pipeline (drop --in-process)")
@@ -95,40 +96,78 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _eval_settings(args):
+    """Data settings, model and rows of `distill-ray eval`: a run directory's own (its config.json)
+    when --run is given, each overridden by an option given explicitly; else the options' defaults."""
+    import dataclasses
+    import json
+
+    from distill_ray.config import DataConfig, from_dict, model_path_problem
+
+    data_cfg, model, data, teacher = DataConfig(), args.model, args.data, args.teacher
+    if args.run:
+        run_dir = Path(args.run)
+        config_json = run_dir / "config.json"
+        if not config_json.is_file():
+            raise DistillError(f"--run {args.run}: no config.json (not a run directory of `distill-ray train`)")
+        try:
+            cfg = from_dict(json.loads(config_json.read_text()), source=str(config_json))
+        except json.JSONDecodeError as exc:
+            raise DistillError(f"{config_json}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        data_cfg = cfg.data
+        model = model or str(run_dir / "student")
+        data = data or cfg.data.test
+        teacher = teacher or (cfg.model.teacher if args.against_teacher else None)
+        if args.tokenizer is None and cfg.model.tokenizer:
+            args.tokenizer = cfg.model.tokenizer
+    if model is None:
+        raise DistillError("eval: give --model DIR (or --run RUN_DIR)")
+    if data is None:
+        raise DistillError("eval: give --data FILE (or --run RUN_DIR whose config has data.test)")
+    given = {k: getattr(args, k) for k in ("prompt_field", "response_field", "context_field", "template",
+                                            "chat_template", "system_prompt", "unrepresentable") if getattr(args, k) is not None}
+    if args.no_context:
+        given["context_field"] = None
+    # references are never dropped for length: a long reference is simply hard to match
+    data_cfg = dataclasses.replace(data_cfg, max_prompt_tokens=10**6, max_response_tokens=10**6, **given)
+    for flag, value in (("--model", model), ("--teacher", teacher), ("--tokenizer", args.tokenizer)):
+        problem = value and model_path_problem(value, "tokenizer" if flag == "--tokenizer" else "config.json")
+        if problem:
+            raise DistillError(f"{flag} {value}: {problem}")
+    return data_cfg, model, data, teacher
+
+
 def _cmd_eval(args) -> int:
-    from distill_ray.config import DataConfig
+    import dataclasses
+
     from distill_ray.data.prepare import prepare_split
     from distill_ray.eval.evaluate import evaluate_model, format_table, write_json
     from distill_ray.models.build import load_causal_lm
     from distill_ray.models.tokenizer import load_tokenizer
 
-    # references are never dropped for length: a long reference is simply hard to match
-    data_cfg = DataConfig(
-        prompt_field=args.prompt_field, response_field=args.response_field, max_prompt_tokens=10**6, max_response_tokens=10**6,
-        chat_template=args.chat_template, system_prompt=args.system_prompt,
-        **({"template": args.template} if args.template else {}),
-    )
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
-    rows, report = prepare_split(data_cfg, tokenizer, args.data, shuffle=False, max_rows=args.max_examples or None)
-    print(f"[eval] {args.data}: {report}")
-    model = load_causal_lm(args.model)
+    data_cfg, model_dir, data, teacher = _eval_settings(args)
+    tokenizer = load_tokenizer(args.tokenizer or model_dir)
+    rows, report = prepare_split(data_cfg, tokenizer, data, shuffle=False, max_rows=args.max_examples or None)
+    print(f"[eval] {data}: {report}")
+    model = load_causal_lm(model_dir)
     results = {"greedy": evaluate_model(model, tokenizer, rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)}
     if args.sample:
         results["sampled"] = evaluate_model(
             model, tokenizer, rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, sample=True, seed=args.seed
         )
-    print(format_table({f"{os.path.basename(os.path.normpath(args.model))} ({k})": v for k, v in results.items()}))
-    if args.teacher:
+    print(format_table({f"{os.path.basename(os.path.normpath(model_dir))} ({k})": v for k, v in results.items()}))
+    if teacher:
         from distill_ray.eval.evaluate import teacher_closeness
 
-        results["teacher"] = {"model": args.teacher, **teacher_closeness(
-            model, load_causal_lm(args.teacher), rows, pad_token_id=tokenizer.pad_token_id, progress=True)}
+        results["teacher"] = {"model": teacher, **teacher_closeness(
+            model, load_causal_lm(teacher), rows, pad_token_id=tokenizer.pad_token_id, progress=True)}
         t = results["teacher"]
-        print(f"against {args.teacher}: KL(teacher || student) {t['kl_teacher_student_per_token']:.3f} nats/token, "
+        print(f"against {teacher}: KL(teacher || student) {t['kl_teacher_student_per_token']:.3f} nats/token, "
               f"perplexity on the references: student {t['student_perplexity']:.2f}, teacher {t['teacher_perplexity']:.2f} "
               f"({t['tokens']} tokens)")
-    out = args.out or os.path.join(args.model, "eval.json")
-    write_json(out, {"model": args.model, "data": args.data, **results})
+    out = args.out or os.path.join(model_dir, "eval.json")
+    write_json(out, {"model": model_dir, "data": data, "run": args.run, "data_settings": dataclasses.asdict(data_cfg),
+                     **results})
     print(f"wrote {out}")
     return 0
 
@@ -136,7 +175,7 @@ def _cmd_eval(args) -> int:
 def _cmd_quickstart(args) -> int:
     from distill_ray.quickstart import run_quickstart
 
-    run_quickstart(out_dir=args.out, fast=args.fast)
+    run_quickstart(out_dir=args.out, fast=args.fast, verbose=args.verbose)
     return 0
 
 
@@ -162,6 +201,8 @@ def _cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill-ray", description="Distributed LLM distillation on Ray (OKD, SWITCH, baselines).")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' output (Ray actors' lines, model-loading bars, FutureWarnings)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
@@ -219,18 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sft/kd only: train in this process without Ray/DeepSpeed (quick experiments)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="generate on a test split and score it")
-    p.add_argument("--model", required=True, help="HF model directory or name")
-    p.add_argument("--data", required=True, help="JSONL/JSON/Parquet file or datasets directory")
-    p.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's)")
-    p.add_argument("--prompt-field", default="prompt")
-    p.add_argument("--response-field", default="response")
-    p.add_argument("--chat-template", default="auto", choices=["auto", "none"],
-                   help="render prompts with the tokenizer's chat template when it has one (as data.chat_template)")
-    p.add_argument("--system-prompt", default=None, help="system turn of chat prompts (default: the template's)")
-    p.add_argument("--template", default=None, help="prompt template without a chat template (default: data.template's)")
+    p = sub.add_parser("eval", help="generate on a test split and score it (ROUGE-L, exact match; --teacher: KL)")
+    p.add_argument("--run", default=None, help="a run directory of `distill-ray train`: its student, its data.test and "
+                                               "every data setting of its config.json (template, fields, chat template, "
+                                               "system prompt); options given explicitly override them")
+    p.add_argument("--model", default=None, help="HF model directory (default with --run: RUN/student)")
+    p.add_argument("--data", default=None, help="JSONL/JSON/Parquet file or datasets directory (default with --run: its data.test)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer (default: the run's model.tokenizer, else the model's)")
+    p.add_argument("--prompt-field", default=None, help="as data.prompt_field (default: prompt)")
+    p.add_argument("--response-field", default=None, help="as data.response_field (default: response)")
+    p.add_argument("--context-field", default=None, help="as data.context_field (default: context)")
+    p.add_argument("--no-context", action="store_true", help="as data.context_field: null (prompts without the context field)")
+    p.add_argument("--chat-template", default=None, choices=["auto", "none"],
+                   help="as data.chat_template: render prompts with the tokenizer's chat template when it has one (default: auto)")
+    p.add_argument("--system-prompt", default=None, help="as data.system_prompt: system turn of chat prompts (default: the template's)")
+    p.add_argument("--template", default=None, help="as data.template: prompt template without a chat template")
+    p.add_argument("--unrepresentable", default=None, choices=["error", "skip", "keep"],
+                   help="as data.unrepresentable: rows whose text the tokenizer cannot represent: stop naming "
+                        "file:line, skip them, or keep them and score against their text (default: error)")
     p.add_argument("--teacher", default=None,
                    help="also score closeness to this teacher: KL(teacher || student) per token and perplexities")
+    p.add_argument("--against-teacher", action="store_true", help="with --run: --teacher is the run's model.teacher")
     p.add_argument("--max-examples", type=int, default=0, help="evaluate at most this many rows (0: all)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=64)
@@ -249,20 +299,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (tiny models, seconds to minutes)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="further options passed to the benchmark (see its --help)")
     p.set_defaults(func=_cmd_bench)
+    _verbose_on_every_command(parser)
     return parser
+
+
+def _verbose_on_every_command(parser: argparse.ArgumentParser) -> None:
+    """`--verbose` after any (sub)command too: `distill-ray train CONFIG --verbose`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                 help="also show the libraries' output (Ray actors' lines, model-loading bars, FutureWarnings)")
+                _verbose_on_every_command(sub)
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' chatter out of a run's output (`--verbose` keeps it): transformers'
+    per-model "Loading weights" bars and the FutureWarnings of the libraries underneath. Set in
+    the environment, so the actors this process starts inherit it. Other warnings and every error
+    still show."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_libraries()
     try:
         return args.func(args)
     except DistillError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # a training run stopped by SIGTERM or Ctrl-C says how in one line and exits 128 + the
+        # signal (driver.RunStopped: 143, 130); any other Ctrl-C is a plain 130
+        print(str(exc) or "interrupted", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ dotted key; nothing is rewritten silently after parsing.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ class DataConfig:
     too_long: Literal["skip", "truncate"] = "skip"  # what to do with over-long rows (counted and reported either way)
     max_row_bytes: int = 1_000_000  # a JSONL line longer than this is a bad row (not parsed)
     bad_rows: Literal["error", "skip"] = "error"  # malformed, oversized or invalid rows: stop with file:line, or skip them (counted and reported)
+    unrepresentable: Literal["error", "skip", "keep"] = "error"  # rows whose prompt or response the tokenizer cannot write (<unk> tokens, or decoding to other text than the tokenizer's own normalisation of it): stop with file:line (default: usually the wrong tokenizer for the data), skip them, or keep them (trained with <unk>, scored against their text); counted and reported either way
     max_rows: int | None = None  # use at most this many training rows (after shuffling); None: all
     shuffle_seed: int = 0  # seed of the deterministic shuffle of training rows
 
@@ -140,6 +142,7 @@ class TrainerConfig:
     eval_every: int = 0  # evaluate on the validation split every this many steps (0: only at the end)
     save_every: int = 0  # checkpoint every this many steps (0: only at the end)
     keep_checkpoints: int = 2  # keep the newest this many checkpoints in output_dir/checkpoints (0: all)
+    fault_save_delay_s: float = 0.0  # TEST ONLY (fault injection, RELIABILITY.md): rank 0 waits this long before sealing each checkpoint, a save slow enough to interrupt on purpose (0: off)
     fail_after_step: int = 0  # TEST ONLY (fault injection, RELIABILITY.md): the driver SIGKILLs itself after logging step N (0: off)
     output_dir: str = "runs/default"  # checkpoints, metrics and the exported student go here
 
@@ -170,6 +173,7 @@ class LoggingConfig:
     tensorboard: bool = True  # write TensorBoard event files in the output directory
     wandb: bool = False  # log to Weights & Biases (needs `wandb` installed)
     progress: bool = True  # print a live progress line per step
+    verbose: bool = False  # also show the libraries' output: Ray actors' lines (prefixed with the actor), model-loading bars, FutureWarnings (`--verbose`); otherwise actors' output stays in Ray's log directory, printed at the start
     log_every: int = 1  # print/log every this many steps
 
 
@@ -190,12 +194,16 @@ class Config:
 
 
 class _Where:
-    """Names a location for error messages: the file and, when known, the YAML line."""
+    """Names a location for error messages: the file and, when known, the YAML line; for a key
+    (or a section above it) given on the command line, the `--set` that gave it."""
 
-    def __init__(self, source: str, lines: dict[str, int]):
-        self.source, self.lines = source, lines
+    def __init__(self, source: str, lines: dict[str, int], overridden: set[str] | None = None):
+        self.source, self.lines, self.overridden = source, lines, overridden or set()
 
     def __call__(self, key: str) -> str:
+        parts = key.split(".")
+        if any(".".join(parts[:i]) in self.overridden for i in range(1, len(parts) + 1)):
+            return f"--set {key}"
         line = self.lines.get(key)
         return f"{self.source}:{line}: {key}" if line else f"{self.source}: {key}"
 
@@ -324,8 +332,10 @@ def _merge_override(tree: dict, parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a Config from a YAML file (or defaults) plus dotted `key=value` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                check_paths: bool = False) -> Config:
+    """Load a Config from a YAML file (or defaults) plus dotted `key=value` overrides; with
+    `check_paths`, also check that every model path the run will load is there (`check_model_paths`)."""
     tree: dict = {}
     lines: dict[str, int] = {}
     source = "<defaults>"
@@ -346,15 +356,55 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(tree, dict):
             raise DistillError(f"{source}: the top level must be a mapping of sections")
         lines = _key_lines(node) if node is not None else {}
-    where = _Where(source, lines)
+    overridden: set[str] = set()
     for text in overrides:
         parts, value = _parse_override(text)
         _merge_override(tree, parts, value)
-        for i in range(1, len(parts) + 1):
-            lines.pop(".".join(parts[:i]), None)  # an override has no line in the file
+        overridden.add(".".join(parts))
+    where = _Where(source, lines, overridden)
     cfg = _build(Config, tree, "", where)
     validate(cfg, where)
+    if check_paths:
+        check_model_paths(cfg, where)
     return cfg
+
+
+def model_path_problem(value: str, want: str) -> str | None:
+    """Why `value` cannot be loaded as a model (want="config.json") or tokenizer (want="tokenizer")
+    directory, or None. A hub name (org/name) is accepted only when it is in the local Hugging Face
+    cache: nothing is downloaded."""
+    path = Path(value)
+    if path.is_dir():
+        if want == "config.json" and not (path / "config.json").is_file():
+            return "has no config.json (not a Hugging Face model directory)"
+        if want == "tokenizer" and not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            return "has no tokenizer.json or tokenizer_config.json"
+        return None
+    if path.exists():
+        return "is a file; expected a model directory"
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value) and not value.startswith(("./", "../")):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(value, "config.json" if want == "config.json" else "tokenizer_config.json")
+        if isinstance(cached, str):
+            return None
+        return "is neither a directory nor a model in the local Hugging Face cache (nothing is downloaded)"
+    return "no such directory"
+
+
+def check_model_paths(cfg: Config, where: _Where | None = None) -> None:
+    """Every model directory the run loads is there, checked before anything starts: the student,
+    the teacher (unless sft, or a teacher service replaces it) and the tokenizer when set."""
+    where = where or _Where("config", {})
+    checks = [("model.student", cfg.model.student, "config.json")]
+    if cfg.method.name != "sft" and cfg.model.teacher_endpoint is None:
+        checks.append(("model.teacher", cfg.model.teacher, "config.json"))
+    if cfg.model.tokenizer is not None:
+        checks.append(("model.tokenizer", cfg.model.tokenizer, "tokenizer"))
+    for key, value, want in checks:
+        problem = model_path_problem(value, want)
+        if problem:
+            raise DistillError(f"{where(key)}: {value}: {problem}")
 
 
 def validate(cfg: Config, where: _Where) -> None:
@@ -383,20 +433,24 @@ def validate(cfg: Config, where: _Where) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise DistillError(f"{where(key)}: must be positive, got {value}")
+    # key: (value, low, low included, high or None); the high bound is always included
     ranges = {
-        "trainer.lr": (cfg.trainer.lr, 0.0, None),
-        "loss.temperature": (cfg.loss.temperature, 0.0, None),
-        "rollout.temperature": (cfg.rollout.temperature, 0.0, None),
-        "rollout.top_p": (cfg.rollout.top_p, 0.0, 1.0),
-        "loss.beta": (cfg.loss.beta, -1e-12, 1.0),
-        "loss.alpha": (cfg.loss.alpha, -1e-12, 1.0),
-        "method.lambda_on": (cfg.method.lambda_on, -1e-12, 1.0),
-        "method.okd.top_fraction": (cfg.method.okd.top_fraction, 0.0, 1.0),
-        "cluster.placement_timeout_s": (cfg.cluster.placement_timeout_s, 0.0, None),
+        "trainer.lr": (cfg.trainer.lr, 0.0, False, None),
+        "loss.temperature": (cfg.loss.temperature, 0.0, False, None),
+        "rollout.temperature": (cfg.rollout.temperature, 0.0, False, None),
+        "rollout.top_p": (cfg.rollout.top_p, 0.0, False, 1.0),
+        "loss.beta": (cfg.loss.beta, 0.0, True, 1.0),
+        "loss.alpha": (cfg.loss.alpha, 0.0, True, 1.0),
+        "method.lambda_on": (cfg.method.lambda_on, 0.0, True, 1.0),
+        "method.okd.top_fraction": (cfg.method.okd.top_fraction, 0.0, False, 1.0),
+        "cluster.placement_timeout_s": (cfg.cluster.placement_timeout_s, 0.0, False, None),
     }
-    for key, (value, lo, hi) in ranges.items():
-        if value <= lo or (hi is not None and value > hi):
-            bounds = f"in ({max(lo, 0)}, {hi}]" if hi is not None else "positive"
+    for key, (value, lo, lo_included, hi) in ranges.items():
+        if value < lo or (value == lo and not lo_included) or (hi is not None and value > hi):
+            if hi is None:
+                bounds = "positive"
+            else:
+                bounds = f"in {'[' if lo_included else '('}{lo:g}, {hi:g}]"
             raise DistillError(f"{where(key)}: must be {bounds}, got {value}")
     if cfg.trainer.batch_size % (cfg.trainer.grad_accum * cfg.trainer.num_workers):
         raise DistillError(
@@ -415,6 +469,7 @@ def validate(cfg: Config, where: _Where) -> None:
         raise DistillError(f"{where('rollout.max_staleness')}: must be >= 0")
     for key, value in (("trainer.keep_checkpoints", cfg.trainer.keep_checkpoints),
                        ("trainer.fail_after_step", cfg.trainer.fail_after_step),
+                       ("trainer.fault_save_delay_s", cfg.trainer.fault_save_delay_s),
                        ("rollout.fault_exit_on_call", cfg.rollout.fault_exit_on_call)):
         if value < 0:
             raise DistillError(f"{where(key)}: must be >= 0, got {value}")

@@ -42,7 +42,8 @@ def _config_path() -> Path:
     return Path(str(importlib.resources.files("distill_ray") / "configs" / "quickstart.yaml"))
 
 
-def run_quickstart(out_dir: str = "local", fast: bool = False, methods: list[str] | None = None) -> dict:
+def run_quickstart(out_dir: str = "local", fast: bool = False, methods: list[str] | None = None,
+                   verbose: bool = False) -> dict:
     import ray
 
     from distill_ray.pipeline.driver import connect_ray, run
@@ -63,6 +64,8 @@ def run_quickstart(out_dir: str = "local", fast: bool = False, methods: list[str
         f"data.validation={paths['data']}/validation.jsonl",
         f"data.test={paths['data']}/test.jsonl",
     ]
+    if verbose:
+        base.append("logging.verbose=true")
     if fast:
         base += ["trainer.max_steps=4", "eval.max_examples=16", "eval.max_new_tokens=48", "rollout.max_new_tokens=48"]
     rows = {}
@@ -71,7 +74,9 @@ def run_quickstart(out_dir: str = "local", fast: bool = False, methods: list[str
     try:
         for method in methods or list(METHODS):
             cfg = load_config(_config_path(), base + METHODS[method] + [f"trainer.output_dir={root}/runs/{method}"])
-            connect_ray(cfg)  # once: later runs find it started
+            logs = connect_ray(cfg).get("logs")  # once: later runs find it started
+            if logs and not verbose:
+                print(f"   actors' output: {logs} (--verbose shows it here)", flush=True)
             print(f"-- {method}", flush=True)
             t0 = time.perf_counter()
             result = run(cfg)

@@ -111,3 +111,33 @@ def real_data(real_teacher, tmp_path_factory):
     manifest = build_instruct_splits(real_teacher, out, train=12, validation=4, test=4, max_tokens=24, backend="torch",
                                      quiet=True)
     return {"dir": out, "manifest": manifest}
+
+
+# ------------------------------------------------------------------ the docs' code blocks (tests/test_docs.py)
+
+@pytest.fixture(scope="session")
+def doc_blocks():
+    """Every fenced code block of the project's Markdown docs: dicts with file, line (of the opening
+    fence), lang and the dedented text."""
+    import re
+    import textwrap
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    blocks = []
+    for md in sorted([*root.glob("*.md"), *root.glob("docs/**/*.md"), *root.glob("cluster/*.md")]):
+        lines = md.read_text().splitlines()
+        i = 0
+        while i < len(lines):
+            opening = re.match(r"^(\s*)```(\w*)\s*$", lines[i])
+            if opening:
+                indent, lang, start = opening.group(1), opening.group(2), i
+                i += 1
+                body = []
+                while i < len(lines) and lines[i].strip() != "```":
+                    body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i])
+                    i += 1
+                blocks.append({"file": md.relative_to(root).as_posix(), "line": start + 1, "lang": lang,
+                               "text": textwrap.dedent("\n".join(body)) + "\n"})
+            i += 1
+    return blocks

@@ -69,6 +69,24 @@ def test_empty_response_field(tmp_path, tiny_local):
     assert_one_line_error(run_cli("train", str(cfg)), f"{data}:2: empty field 'response'")
 
 
+def test_a_missing_teacher_is_one_line_naming_the_key_before_anything_starts(tmp_path, tiny_local):
+    """Issue 15.3: 14 lines of actor traceback after Ray and the trainer ranks had started."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n')
+    cfg = _config_for(tmp_path, tiny_local, data)
+    proc = run_cli("train", str(cfg), "--set", "method.name=kd", "--set", f"model.teacher={tmp_path / 'no-teacher'}")
+    assert_one_line_error(proc, f"--set model.teacher: {tmp_path / 'no-teacher'}: no such directory")
+    assert "[run]" not in proc.stdout and not (tmp_path / "out").exists()  # nothing started, nothing written
+    proc = run_cli("train", str(cfg), "--set", "model.student=missing/student")
+    assert_one_line_error(proc, "model.student: missing/student: is neither a directory nor a model in the local Hugging Face cache")
+
+
+def test_wrong_type_in_override_names_the_override(tmp_path):
+    """Issue 15.4: `--set trainer.lr=abc` reported `configs/kd.yaml: trainer.lr: expected float`."""
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "kd.yaml"
+    assert_one_line_error(run_cli("train", str(cfg), "--set", "trainer.lr=abc"), "error: --set trainer.lr: expected float, got 'abc'")
+
+
 def test_missing_model_dir(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "a", "response": "b"}\n')
@@ -104,6 +122,26 @@ def test_train_sft_end_to_end_and_eval(tmp_path, tiny_local):
     result = json.loads(out_json.read_text())
     assert result["greedy"]["overall"]["n"] == 6
     assert set(result["greedy"]["by_length"]) == {"short (<=16)", "medium (17-64)", "long (>64)"}
+    # Issue 15.6: `eval --run` takes the run's student, test split and data settings (here a template
+    # of the run's own); an option given explicitly overrides the run's
+    run_json = tmp_path / "run_eval.json"
+    proc = run_cli("eval", "--run", str(tmp_path / "out"), "--max-examples", "6", "--max-new-tokens", "8", "--out", str(run_json))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    by_run = json.loads(run_json.read_text())
+    assert by_run["model"] == str(tmp_path / "out" / "student") and by_run["data"] == f"{tiny_local['data']}/test.jsonl"
+    strip = lambda r: {k: v for k, v in r.items() if k != "generation_seconds"}
+    assert strip(by_run["greedy"]) == strip(result["greedy"])  # the same settings as the explicit call above
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    saved["data"]["template"] = "Q: {prompt}\nA:"
+    saved["data"]["context_field"] = None
+    (tmp_path / "out" / "config.json").write_text(json.dumps(saved))
+    proc = run_cli("eval", "--run", str(tmp_path / "out"), "--max-examples", "6", "--max-new-tokens", "8",
+                   "--system-prompt", "Be brief.", "--out", str(run_json))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    settings = json.loads(run_json.read_text())["data_settings"]
+    assert settings["template"] == "Q: {prompt}\nA:" and settings["context_field"] is None
+    assert settings["system_prompt"] == "Be brief."
+    assert_one_line_error(run_cli("eval", "--run", str(tmp_path)), "--run", "no config.json")
 
 
 def test_bench_names_an_unknown_benchmark_in_one_line(capsys):
@@ -114,3 +152,22 @@ def test_bench_names_an_unknown_benchmark_in_one_line(capsys):
     assert err.startswith("error: bench: no benchmark 'no_such_benchmark'") and "okd_vs_sgo" in err
     assert "quality" in err and "_common" not in err  # helper modules are not benchmarks
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_run_prints_its_own_lines_and_verbose_adds_the_libraries(tmp_path, tiny_local):
+    """Issue 15.10: Ray's actor prefixes, per-model loading bars and library FutureWarnings stay out
+    of a run's output (the actors' logs stay in Ray's log directory, which the run names);
+    `--verbose` shows them. The run starts its own local Ray, as `distill-ray train` does."""
+    data = f"{tiny_local['data']}/train.jsonl"
+    cfg = _config_for(tmp_path, tiny_local, data)
+    quiet = run_cli("train", str(cfg), "--set", "method.name=kd")
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    text = quiet.stdout + quiet.stderr
+    assert "[run] actors' output: " in quiet.stdout and "(--verbose shows it here)" in quiet.stdout
+    for noise in ("pid=", "Loading weights", "FutureWarning", "real_accelerator.py"):
+        assert noise not in text, f"{noise!r} in a quiet run's output:\n{text[-3000:]}"
+    assert "step 1/1" in quiet.stdout
+    loud = run_cli("train", str(cfg), "--set", "method.name=kd", "--set", f"trainer.output_dir={tmp_path / 'loud'}", "--verbose")
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    assert "(TrainerRank pid=" in loud.stdout + loud.stderr  # what the quiet run keeps out of the way

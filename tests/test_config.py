@@ -89,8 +89,56 @@ def test_cross_field_validation(tmp_path):
 def test_override_errors():
     with pytest.raises(DistillError, match="expected key=value"):
         load_config(None, ["trainer.lr"])
-    with pytest.raises(DistillError, match=r"<defaults>: trainer.nope: unknown key"):
+    with pytest.raises(DistillError, match=r"^--set trainer.nope: unknown key"):
         load_config(None, ["trainer.nope=1"])
+
+
+def test_an_error_in_an_override_names_the_override_not_the_file(tmp_path):
+    """Issue 15.4: `--set trainer.lr=abc` on top of a file used to blame the file."""
+    p = write(tmp_path, "trainer:\n  lr: 1e-4\n  max_steps: 0\n")
+    with pytest.raises(DistillError) as e:
+        load_config(p, ["trainer.lr=abc"])
+    assert str(e.value) == "--set trainer.lr: expected float, got 'abc'"
+    with pytest.raises(DistillError, match=r"run.yaml:3: trainer.max_steps: must be positive"):  # the file's own
+        load_config(p, ["trainer.lr=1e-3"])
+    with pytest.raises(DistillError, match=r"^--set trainer.max_steps: must be positive"):  # a section given whole
+        load_config(p, ["trainer={max_steps: -1}"])
+
+
+@pytest.mark.parametrize("key", ["loss.beta", "loss.alpha", "method.lambda_on"])
+def test_closed_ranges_say_closed(key):
+    """Issue 15.4: loss.beta=1.5 said 'must be in (0, 1.0]' while 0 is accepted."""
+    load_config(None, [f"{key}=0"])
+    load_config(None, [f"{key}=1"])
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(DistillError) as e:
+            load_config(None, [f"{key}={bad}"])
+        assert str(e.value) == f"--set {key}: must be in [0, 1], got {float(bad)}"
+    with pytest.raises(DistillError, match=r"rollout.top_p: must be in \(0, 1\], got 0.0"):
+        load_config(None, ["rollout.top_p=0"])
+
+
+def test_model_paths_are_checked_at_load_naming_the_key(tmp_path):
+    """Issue 15.3: a missing teacher failed only once Ray and the ranks had started."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    p = write(tmp_path, f"model:\n  student: {model}\n  teacher: {tmp_path / 'gone'}\n")
+    load_config(p)  # unchecked by default (a library call may run where the models are not)
+    with pytest.raises(DistillError) as e:
+        load_config(p, check_paths=True)
+    assert str(e.value) == f"{p}:3: model.teacher: {tmp_path / 'gone'}: no such directory"
+    with pytest.raises(DistillError, match=r"^--set model.student: .*empty: has no config.json"):
+        load_config(p, [f"model.student={tmp_path / 'empty'}"], check_paths=True)
+    with pytest.raises(DistillError, match=r"model.tokenizer: .*: has no tokenizer.json or tokenizer_config.json"):
+        load_config(p, [f"model.teacher={model}", f"model.tokenizer={tmp_path / 'empty'}"], check_paths=True)
+    with pytest.raises(DistillError, match=r"model.student: nobody/no-such-model: is neither a directory nor a model in "
+                                           r"the local Hugging Face cache"):
+        load_config(p, ["model.student=nobody/no-such-model"], check_paths=True)
+    # sft has no teacher, and a teacher service replaces the teacher directory
+    assert load_config(p, ["method.name=sft"], check_paths=True).model.teacher == str(tmp_path / "gone")
+    load_config(p, ["trainer.teacher_mode=remote", "model.teacher_endpoint=http://127.0.0.1:9/teacher"], check_paths=True)
 
 
 def test_missing_and_invalid_files(tmp_path):

@@ -1,5 +1,10 @@
 """Prompt template, tokenization with response-only loss masks, length filtering, batching.
 
+Each row's prompt and response are also checked to survive the tokenizer (no <unk>, and
+decode(encode(text)) is the text up to the tokenizer's own normalisation): a row that does not
+stops the load, is skipped or is kept (`data.unrepresentable`), and eval always scores against
+the dataset's own text (`Encoded.reference`), so text the tokenizer drops cannot match.
+
 A tokenized example is prompt ids followed by response ids (the response + EOS). Only response
 tokens carry loss. Prompt and response are tokenized separately so generation (which starts
 from the prompt ids) sees exactly what training saw. The prompt ids are either
@@ -27,6 +32,7 @@ class Encoded:
     response_ids: list[int]  # response + EOS
     index: int  # position of the example in its (shuffled) dataset
     meta: dict = field(default_factory=dict)
+    reference: str | None = None  # the dataset's response text (whole, even if response_ids were truncated): what eval scores against; None: decode response_ids
 
 
 @dataclass
@@ -39,6 +45,10 @@ class LengthReport:
     context: int | None = None  # the model's context length the rows were checked against
     skipped_bad: int = 0  # malformed, oversized or invalid rows skipped while loading (data.bad_rows="skip")
     first_bad: str = ""  # the first of those: "file:line: reason"
+    unrepresentable: int = 0  # rows whose text the tokenizer cannot write (skipped, or kept: data.unrepresentable)
+    unrepresentable_kept: bool = False  # those rows were kept (data.unrepresentable="keep"), not skipped
+    unk_tokens: int = 0  # <unk> tokens in the kept rows
+    first_unrepresentable: str = ""  # the first of those rows: "file:line: reason"
 
     def __str__(self) -> str:
         text = (
@@ -50,6 +60,12 @@ class LengthReport:
         text += f", truncated {self.truncated}"
         if self.skipped_bad:
             text += f", skipped {self.skipped_bad} bad row(s) (first: {self.first_bad})"
+        if self.unrepresentable and self.unrepresentable_kept:
+            unk = f"{self.unk_tokens} <unk> token(s); " if self.unk_tokens else ""
+            text += (f", {self.unrepresentable} kept row(s) the tokenizer cannot represent "
+                     f"({unk}first: {self.first_unrepresentable})")
+        elif self.unrepresentable:
+            text += f", skipped {self.unrepresentable} row(s) the tokenizer cannot represent (first: {self.first_unrepresentable})"
         return text
 
 
@@ -96,6 +112,42 @@ def encode_response(tokenizer, response: str) -> list[int]:
     return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
+def decode_text(tokenizer, ids: list[int]) -> str:
+    """The text `ids` stand for, as a model writing them would have written it: special tokens
+    dropped, and no clean-up of spaces before punctuation (that would rewrite the dataset's text)."""
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def normal_form(tokenizer, text: str) -> str:
+    """`text` as the tokenizer's own normalizer writes it (e.g. NFKC for the local BPE, nothing for
+    GPT-2's), whitespace collapsed: two texts with the same normal form are the same answer."""
+    normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    text = " ".join(text.split())
+    return " ".join(normalizer.normalize_str(text).split()) if normalizer is not None else text
+
+
+UNREPRESENTABLE = ("error", "skip", "keep")
+
+
+def unrepresentable_text(tokenizer, text: str, ids: list[int]) -> str | None:
+    """Why `ids`, the tokenization of `text`, do not stand for it (None when they do): <unk>
+    tokens, or a decoding whose normal form differs (a character the vocabulary lacks, a literal
+    special token such as "</s>" in the text)."""
+    unk = tokenizer.unk_token_id
+    n_unk = ids.count(unk) if unk is not None else 0
+    back = decode_text(tokenizer, ids)
+    if not n_unk and normal_form(tokenizer, back) == normal_form(tokenizer, text):
+        return None
+    start = next((i for i, (a, b) in enumerate(zip(text, back)) if a != b), min(len(text), len(back)))
+    start = max(0, start - 10)  # show where they part, with a little of what comes before
+    unk_note = f", {n_unk} <unk> token(s)" if n_unk else ""
+    return f"{_clip(text[start:])!r} decodes to {_clip(back[start:])!r}{unk_note}"
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
 def encode_examples(
     examples: list[Example],
     tokenizer,
@@ -105,22 +157,35 @@ def encode_examples(
     too_long: str = "skip",
     max_total_tokens: int | None = None,
     chat: ChatFormat | None = None,
+    unrepresentable: str = "error",
 ) -> tuple[list[Encoded], LengthReport]:
     """Tokenize (prompts through the chat template when `chat`), then skip or truncate over-long
     rows; the report counts what happened.
 
     max_total_tokens: the model's context; a row whose prompt + response is longer is skipped,
     or truncated (the response first; the prompt keeps its tail when it alone fills the context).
+    unrepresentable: a row whose prompt or response the tokenizer cannot write (`unrepresentable_text`)
+    stops with its file:line ("error"), is skipped ("skip") or kept ("keep"); counted either way.
     """
     if tokenizer.eos_token_id is None:
         raise DistillError("tokenizer: has no EOS token; set one so responses can end")
     if max_total_tokens is not None and max_total_tokens < 3:
         raise DistillError(f"model context of {max_total_tokens} tokens is too short for a prompt and a response")
-    report = LengthReport(context=max_total_tokens)
+    if unrepresentable not in UNREPRESENTABLE:
+        raise DistillError(f"data.unrepresentable: expected one of {UNREPRESENTABLE}, got {unrepresentable!r}")
+    report = LengthReport(context=max_total_tokens, unrepresentable_kept=unrepresentable == "keep")
     out: list[Encoded] = []
     for i, ex in enumerate(examples):
         p = encode_prompt(tokenizer, template, ex.prompt, chat)
         r = encode_response(tokenizer, ex.response)
+        problem = _unrepresentable_row(tokenizer, ex, r[:-1], f"row {ex.meta.get('row', i)}")
+        if problem:
+            if unrepresentable == "error":
+                raise DistillError(f"{problem}; set data.unrepresentable=skip or keep to go on")
+            report.unrepresentable += 1
+            report.first_unrepresentable = report.first_unrepresentable or problem
+            if unrepresentable == "skip":
+                continue
         if len(p) > max_prompt_tokens or len(r) > max_response_tokens:
             if too_long == "skip":
                 if len(p) > max_prompt_tokens:
@@ -138,11 +203,24 @@ def encode_examples(
                 continue
             p, r = _fit_context(p, r, max_total_tokens, tokenizer.eos_token_id)
             report.truncated += 1
-        out.append(Encoded(prompt_ids=p, response_ids=r, index=i, meta=ex.meta))
+        if problem and tokenizer.unk_token_id is not None:
+            report.unk_tokens += (p + r).count(tokenizer.unk_token_id)
+        out.append(Encoded(prompt_ids=p, response_ids=r, index=i, meta=ex.meta, reference=ex.response))
     report.kept = len(out)
     if not out:
         raise DistillError(f"data: no rows left after length filtering ({report})")
     return out, report
+
+
+def _unrepresentable_row(tokenizer, ex: Example, response_ids: list[int], fallback_location: str) -> str | None:
+    """'file:line: the tokenizer cannot represent the response: why', or None when it can write
+    both the prompt and the response (the template is the config's, not the row's, and not checked)."""
+    prompt_ids = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]  # the prompt alone, without the template
+    for name, text, ids in (("prompt", ex.prompt, prompt_ids), ("response", ex.response, response_ids)):
+        why = unrepresentable_text(tokenizer, text, ids)
+        if why:
+            return f"{ex.location or fallback_location}: the tokenizer cannot represent the {name}: {why}"
+    return None
 
 
 def _fit_context(p: list[int], r: list[int], limit: int, eos_id: int) -> tuple[list[int], list[int]]:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from distill_ray.errors import DistillError
+from distill_ray.progress import bar_class, progress_bar
 
 TOPICS = ["photosynthesis", "gravity", "the water cycle", "inflation", "a volcano", "democracy", "an atom",
           "the internet", "a rainbow", "recycling", "vaccines", "the moon's phases", "electricity", "a budget",
@@ -204,7 +205,7 @@ def answer(teacher: str | Path, prompts: list[str], greedy: list[bool], *, max_t
         # ("CPU Generator does not use offset"); the engine's own seed makes the run repeatable
         sampled = SamplingParams(temperature=temperature, max_tokens=max_tokens, repetition_penalty=repetition_penalty)
         params = [plain if g else sampled for g in greedy]
-        outs = llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=progress)
+        outs = llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=bar_class() if progress else False)
         gen = [list(o.outputs[0].token_ids) for o in outs]
     elif backend == "torch":
         import torch
@@ -213,6 +214,7 @@ def answer(teacher: str | Path, prompts: list[str], greedy: list[bool], *, max_t
 
         model = load_causal_lm(teacher).eval()
         gen = []
+        bar = progress_bar(len(ids), "answered", unit="prompt", enabled=progress)
         for i, (p, g) in enumerate(zip(ids, greedy)):
             torch.manual_seed(seed + i)
             sampled = {} if g else {"do_sample": True, "temperature": temperature, "repetition_penalty": repetition_penalty}
@@ -221,10 +223,8 @@ def answer(teacher: str | Path, prompts: list[str], greedy: list[bool], *, max_t
                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                                      **({"do_sample": False} | sampled))
             gen.append(out[0, len(p):].tolist())
-            if progress:
-                print(f"\r  answered {i + 1}/{len(ids)}", end="", flush=True)
-        if progress:
-            print()
+            bar.update(1)
+        bar.close()
     else:
         raise DistillError(f"data instruct: --backend: {backend!r} is not one of vllm, torch")
     texts, capped = [], []

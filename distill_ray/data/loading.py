@@ -21,6 +21,7 @@ class Example:
     prompt: str  # the instruction, with the context appended when there is one
     response: str  # the reference response
     meta: dict = field(default_factory=dict)  # other fields of the row (e.g. "task"), and "row": its index
+    location: str = ""  # where the row is: "file:line" (JSONL) or "file: row N", for messages about it
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def to_example(location: str, row: dict, fields: FieldMap, index: int) -> Exampl
     skip = {fields.prompt, fields.response, fields.context}
     meta = {k: v for k, v in row.items() if k not in skip}
     meta["row"] = index
-    return Example(prompt=prompt, response=response, meta=meta)
+    return Example(prompt=prompt, response=response, meta=meta, location=location)
 
 
 def load_examples_with_report(

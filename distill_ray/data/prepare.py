@@ -46,9 +46,10 @@ def prepare_split(
 ) -> tuple[list[Encoded], LengthReport]:
     """Tokenized rows of `source`; training rows are shuffled deterministically (cfg.shuffle_seed).
 
-    Bad rows stop the load or are skipped (cfg.bad_rows); rows longer than cfg's limits, or than
-    `max_total_tokens` (the model's context, `run_context_length`), are skipped or truncated
-    (cfg.too_long). The report counts both.
+    Bad rows stop the load or are skipped (cfg.bad_rows); rows whose text the tokenizer cannot
+    represent stop the load, are skipped or kept (cfg.unrepresentable); rows longer than cfg's
+    limits, or than `max_total_tokens` (the model's context, `run_context_length`), are skipped or
+    truncated (cfg.too_long). The report counts all three.
     """
     examples, loaded = load_examples_with_report(
         source, field_map(cfg), split=cfg.split, max_row_bytes=cfg.max_row_bytes, bad_rows=cfg.bad_rows
@@ -60,6 +61,7 @@ def prepare_split(
     rows, report = encode_examples(
         examples, tokenizer, cfg.template, cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.too_long,
         max_total_tokens=max_total_tokens, chat=chat_format(tokenizer, cfg.chat_template, cfg.system_prompt),
+        unrepresentable=cfg.unrepresentable,
     )
     report.skipped_bad, report.first_bad = loaded.bad, loaded.first_bad
     return rows, report

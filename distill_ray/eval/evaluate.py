@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from distill_ray.data.encoding import Encoded, collate_prompts
+from distill_ray.data.encoding import Encoded, collate_prompts, decode_text, normal_form
 from distill_ray.errors import DistillError
 from distill_ray.eval.metrics import LENGTH_BUCKETS, Scored, summarize
+from distill_ray.progress import progress_bar
 
 
 @torch.no_grad()
@@ -38,7 +40,7 @@ def generate_responses(
     device = next(model.parameters()).device
     if sample:
         torch.manual_seed(seed)
-    done = 0
+    bar = progress_bar(len(prompts), "generated", unit="prompt", enabled=progress)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = collate_prompts([prompts[i] for i in idx], pad_token_id)
@@ -57,11 +59,8 @@ def generate_responses(
             if eos_token_id in row:
                 row = row[: row.index(eos_token_id)]
             out[i] = [t for t in row if t != pad_token_id]
-        done += len(idx)
-        if progress:
-            print(f"\r  generated {done}/{len(prompts)}", end="", flush=True)
-    if progress:
-        print()
+        bar.update(len(idx))
+    bar.close()
     return out  # type: ignore[return-value]
 
 
@@ -91,15 +90,19 @@ def evaluate_model(
     )
     seconds = time.perf_counter() - t0
     scored = []
+    form = partial(normal_form, tokenizer)
     for e, resp in zip(encoded, responses):
         reference_ids = e.response_ids[:-1]  # without EOS
         scored.append(
             Scored(
-                prediction=tokenizer.decode(resp, skip_special_tokens=True),
-                reference=tokenizer.decode(reference_ids, skip_special_tokens=True),
+                prediction=decode_text(tokenizer, resp),
+                # the dataset's text, not decode(encode(text)): text the tokenizer cannot write
+                # (an <unk> decodes to nothing) must not match a prediction that lacks it
+                reference=e.reference if e.reference is not None else decode_text(tokenizer, reference_ids),
                 reference_tokens=len(reference_ids),
                 prediction_tokens=len(resp),
                 task=e.meta.get("task"),
+                form=form,
             )
         )
     result = summarize(scored)
@@ -119,28 +122,27 @@ def teacher_closeness(student, teacher, encoded: list[Encoded], *, pad_token_id:
     only): KL(teacher || student) per token in nats, and both models' perplexity on the references
     (for a real pair the references are the teacher's own answers: `distill-ray data instruct`)."""
     from distill_ray.data.encoding import collate_for_training
+    from distill_ray.losses.divergences import log_softmax_float, per_token_divergence_from_logprobs
 
     student.eval()
     teacher.eval()
     kl_sum = nll_s = nll_t = 0.0
     tokens = 0
+    bar = progress_bar(len(encoded), "scored against the teacher", unit="row", enabled=progress)
     for start in range(0, len(encoded), batch_size):
         b = collate_for_training(encoded[start : start + batch_size], pad_token_id)
         ids, attn, mask = b["input_ids"], b["attention_mask"], b["loss_mask"][:, :-1].bool()
         labels = ids[:, 1:]
-        ls = torch.log_softmax(student(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
-        lt = torch.log_softmax(teacher(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
+        ls = log_softmax_float(student(input_ids=ids, attention_mask=attn).logits[:, :-1])
+        lt = log_softmax_float(teacher(input_ids=ids, attention_mask=attn).logits[:, :-1])
         if ls.shape[-1] != lt.shape[-1]:
             raise DistillError(f"eval --teacher: teacher vocabulary {lt.shape[-1]} != student vocabulary {ls.shape[-1]}")
-        kl = (lt.exp() * (lt - ls)).sum(-1)
-        kl_sum += float(kl[mask].sum())
+        kl_sum += float(per_token_divergence_from_logprobs(lt, ls, "forward_kl")[mask].sum())
         nll_s -= float(ls.gather(-1, labels[..., None])[..., 0][mask].sum())
         nll_t -= float(lt.gather(-1, labels[..., None])[..., 0][mask].sum())
         tokens += int(mask.sum())
-        if progress:
-            print(f"\r  scored {min(start + batch_size, len(encoded))}/{len(encoded)} against the teacher", end="", flush=True)
-    if progress:
-        print()
+        bar.update(len(b["input_ids"]))
+    bar.close()
     return {"kl_teacher_student_per_token": kl_sum / max(tokens, 1), "student_perplexity": math.exp(nll_s / max(tokens, 1)),
             "teacher_perplexity": math.exp(nll_t / max(tokens, 1)), "tokens": tokens}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Reference-response length buckets, in tokens of the evaluated tokenizer.
@@ -23,8 +24,9 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize(prediction) == normalize(reference))
+def exact_match(prediction: str, reference: str, form: Callable[[str], str] = normalize) -> float:
+    """1.0 when both texts have the same `form` (default: whitespace collapsed)."""
+    return float(form(prediction) == form(reference))
 
 
 _scorer = None
@@ -47,10 +49,11 @@ class Scored:
     reference_tokens: int
     prediction_tokens: int
     task: str | None = None
+    form: Callable[[str], str] = normalize  # what exact match compares: the tokenizer's normal form in eval (NFKC, ...)
 
     @property
     def em(self) -> float:
-        return exact_match(self.prediction, self.reference)
+        return exact_match(self.prediction, self.reference, self.form)
 
     @property
     def rouge(self) -> float:

@@ -22,6 +22,7 @@ from distill_ray.data.encoding import batches_by_length, collate_for_training, e
 from distill_ray.data.loading import load_examples
 from distill_ray.models.build import ModelShape, build_causal_lm, count_parameters
 from distill_ray.models.tokenizer import train_tokenizer
+from distill_ray.progress import progress_bar
 from distill_ray.trainer.local import LocalTrainer
 
 TEMPLATE = "Instruction: {prompt}\nResponse:"
@@ -100,7 +101,8 @@ def sft(model, tokenizer, encoded, steps: int, lr: float, batch_size: int, seed:
     short = [e for e in encoded if len(e.prompt_ids) + len(e.response_ids) <= short_tokens] if short_steps else []
     pool = short if short else encoded
     batches = batches_by_length(pool, batch_size, seed, window)
-    losses, t0, epoch_start = [], time.perf_counter(), 0
+    losses, epoch_start = [], 0
+    bar = progress_bar(steps, f"{label} sft", unit="step", enabled=not quiet)
     for step in range(steps):
         if short and step == short_steps:  # the curriculum ends: every row from here on
             pool, epoch_start = encoded, step
@@ -109,14 +111,10 @@ def sft(model, tokenizer, encoded, steps: int, lr: float, batch_size: int, seed:
             batches = batches_by_length(pool, batch_size, seed + step, window)
         m = trainer.train_step(collate_for_training(batches[(step - epoch_start) % len(batches)], tokenizer.pad_token_id))
         losses.append(m["loss"])
-        if not quiet and (step % 25 == 0 or step == steps - 1):
-            recent = sum(losses[-25:]) / len(losses[-25:])
-            print(
-                f"\r  {label} sft step {step + 1}/{steps}  loss {recent:.3f}  {time.perf_counter() - t0:.0f}s",
-                end="",
-                flush=True,
-            )
-    _say("", quiet)
+        if step % 25 == 0 or step == steps - 1:
+            bar.set_postfix_str(f"loss {sum(losses[-25:]) / len(losses[-25:]):.3f}", refresh=False)
+        bar.update(1)
+    bar.close()
     return losses
 
 

@@ -7,6 +7,9 @@
 Offline methods (sft, kd, okd) read dataset batches directly; seqkd first has the teacher
 generate responses once; sgo and switch (and okd combined with them) train on batches from
 the rollout workers, generated asynchronously with bounded staleness.
+
+SIGTERM (a node being reclaimed) or a first Ctrl-C ends the run after the step under way, with a
+checkpoint of it (`StopOnSignal`); `--resume` continues exactly.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 
 from distill_ray.batch import RolloutBatch
-from distill_ray.config import Config, to_dict
+from distill_ray.config import Config, check_model_paths, to_dict
 from distill_ray.data.encoding import Encoded
 from distill_ray.data.prepare import prepare_split, run_context_length
 from distill_ray.errors import DistillError
@@ -39,14 +43,21 @@ def uses_rollout(cfg: Config) -> bool:
 
 
 def connect_ray(cfg: Config) -> dict:
-    """Join the cluster in cluster.address / RAY_ADDRESS, or start a local Ray in this process."""
+    """Join the cluster in cluster.address / RAY_ADDRESS, or start a local Ray in this process.
+
+    Unless logging.verbose, the actors' own output (library notes, loading bars, warnings) stays in
+    Ray's log directory instead of being echoed here with actor prefixes; errors still reach the
+    run as exceptions, and the run prints where the logs are."""
     import ray
 
     if ray.is_initialized():
         return {"address": "existing"}
+    verbose = cfg.logging.verbose
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if cfg.trainer.num_gpus_per_worker == 0:
-        env["DS_ACCELERATOR"] = "cpu"
+        env["DS_ACCELERATOR"] = "cpu"  # also keeps DeepSpeed from logging its accelerator guess
+    if not verbose:
+        env.update(HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONWARNINGS="ignore::FutureWarning")
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
         # under `ray job submit`, Ray merges the job's runtime_env into this one and refuses a
@@ -54,10 +65,21 @@ def connect_ray(cfg: Config) -> dict:
         job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
         job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
         env = {k: v for k, v in env.items() if k not in job_env}
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=verbose, logging_level="WARNING")
     else:
-        ray.init(num_cpus=cfg.cluster.num_cpus, runtime_env={"env_vars": env}, include_dashboard=False)
-    return {"address": address or "local"}
+        ray.init(num_cpus=cfg.cluster.num_cpus, runtime_env={"env_vars": env}, include_dashboard=False,
+                 log_to_driver=verbose, logging_level="WARNING")
+    return {"address": address or "local", "logs": _ray_log_dir()}
+
+
+def _ray_log_dir() -> str | None:
+    """This Ray session's log directory (every actor's stdout and stderr), when this process can see it."""
+    try:
+        from ray._private.worker import global_worker
+
+        return str(Path(global_worker.node.get_session_dir_path()) / "logs")
+    except Exception:  # noqa: BLE001 - a client connection has no local node: nothing to point at
+        return None
 
 
 def _rollout_actor_request(cfg: Config) -> dict[str, float]:
@@ -140,9 +162,87 @@ def latest_checkpoint(out: Path) -> Path | None:
     return latest_good_checkpoint(out / "checkpoints", set_aside=True)
 
 
+class RunStopped(KeyboardInterrupt):
+    """The run ended on SIGTERM or SIGINT. `exit_status` is 128 + the signal's number (143, 130), what
+    a shell reports for a process that signal ended. A KeyboardInterrupt, so that no `except
+    Exception` on the way out catches it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_status = 128 + signum
+
+
+class StopOnSignal:
+    """SIGTERM (a cloud or Kubernetes node being reclaimed, which sends it a grace period before
+    SIGKILL) and SIGINT (Ctrl-C) during a run.
+
+    In the training loop (`in_loop`), the first one lets the step under way finish; the loop then
+    writes a checkpoint of it and raises RunStopped, so `--resume` continues exactly. A second one,
+    or one outside the loop (actors starting, the export), stops at once: the handler raises
+    KeyboardInterrupt, which also ends a ray.get mid-wait (any other exception would not), and
+    leaving the `with` block turns that into RunStopped. A checkpoint being written then stays in
+    its staging directory, which no resume uses.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None  # the signal that stops the run
+        self.in_loop = False  # set by the loop: a step under way can still be finished and saved
+        self._at_once = ""  # what stopped the run at once, for its message
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    def install(self) -> None:
+        """Handle both signals from now on. Called after ray.init, which sets a SIGTERM handler of its own."""
+        if threading.current_thread() is threading.main_thread():  # only there can Python handle signals
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.in_loop and not self.requested:
+            self.signum = signum
+            # os.write, not print: a print from a handler can land inside a print under way on the same stream
+            os.write(2, f"[run] {name}: stopping after the step under way, with a checkpoint of it "
+                        f"(another {name} stops at once)\n".encode())
+            return
+        if not self.requested:
+            self._at_once = name
+        else:
+            self._at_once = f"a second {name}" if signum == self.signum else f"{name} after {self.name}"
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "StopOnSignal":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunStopped) and self._at_once:
+            raise RunStopped(f"stopped at once by {self._at_once}; --resume continues from the newest complete "
+                             "checkpoint, if any (a save cut off midway is never used)", self.signum) from None
+
+
 def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
-    """Train a student with `cfg.method` on the Ray cluster; returns a summary (also result.json)."""
+    """Train a student with `cfg.method` on the Ray cluster; returns a summary (also result.json).
+
+    SIGTERM or Ctrl-C mid-run: the step under way is finished and saved, then RunStopped (StopOnSignal)."""
+    with StopOnSignal() as stop:
+        return _run(cfg, resume, quiet, stop)
+
+
+def _run(cfg: Config, resume: bool, quiet: bool, stop: StopOnSignal) -> dict:
     method = cfg.method.name
+    check_model_paths(cfg)  # one line naming the key, before Ray or any actor starts
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
@@ -163,7 +263,10 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
     from distill_ray.pipeline.rollout_loop import RolloutPipeline, lambda_on_rng
     from distill_ray.trainer.group import TrainerGroup
 
-    connect_ray(cfg)
+    ray_info = connect_ray(cfg)
+    if ray_info.get("logs") and not cfg.logging.verbose:
+        say(f"[run] actors' output: {ray_info['logs']} (--verbose shows it here)")
+    stop.install()
     t_build = time.perf_counter()
     if method == "seqkd":
         say("[run] seqkd: the teacher generates the training responses once")
@@ -206,6 +309,7 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
     history: list[dict] = []
     t_loop = time.perf_counter()
     try:
+        stop.in_loop = True  # from here a SIGTERM or a first Ctrl-C ends the run after a step, with its checkpoint
         for step in range(start_step, cfg.trainer.max_steps + 1):
             version = step - 1  # the student weights before this step
             t0 = time.perf_counter()
@@ -229,7 +333,8 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
                 metrics["timing/weight_sync"] = time.perf_counter() - t_sync
             if validation and step % cfg.trainer.eval_every == 0:
                 metrics.update(_validate(cfg, trainer, tokenizer, validation))
-            if (cfg.trainer.save_every and step % cfg.trainer.save_every == 0) or step == cfg.trainer.max_steps:
+            stopping = stop.requested  # the signal came during this step (or the last one's save): save it, then stop
+            if (cfg.trainer.save_every and step % cfg.trainer.save_every == 0) or step == cfg.trainer.max_steps or stopping:
                 t_ckpt = time.perf_counter()
                 positions = {"data": asdict(data_stream.position)}
                 if rollout is not None:
@@ -244,7 +349,11 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
             history.append({"step": step, **metrics})
             if step == cfg.trainer.fail_after_step:  # TEST ONLY fault injection: a hard kill, no cleanup
                 os.kill(os.getpid(), signal.SIGKILL)
+            if stopping:
+                raise RunStopped(f"stopped by {stop.name} after step {step}: checkpoint {saved} written; "
+                                 "--resume continues from it", stop.signum)
     finally:
+        stop.in_loop = False
         logger.close()
     train_seconds = time.perf_counter() - t_loop
 

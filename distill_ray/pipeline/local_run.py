@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from distill_ray.config import Config, to_dict
+from distill_ray.config import Config, check_model_paths, to_dict
 from distill_ray.data.encoding import batches_by_length, collate_for_training
 from distill_ray.data.prepare import prepare_split
 from distill_ray.errors import DistillError
@@ -40,6 +40,7 @@ def run_local(cfg: Config, quiet: bool = False) -> dict:
     method = cfg.method.name
     if method not in LOCAL_METHODS:
         raise DistillError(f"method.name: {method!r} needs the distributed pipeline; in-process runs do {LOCAL_METHODS}")
+    check_model_paths(cfg)
     torch.manual_seed(cfg.trainer.seed)
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,12 @@ Every error body has OpenAI's shape, so the `openai` client shows the message as
 
 Bad input (wrong types, unknown fields, out-of-range values, malformed JSON) is answered 400
 with a one-line message naming the field; only a bug in the service can give a 500.
+
+Auth is decided where the app is built (`resolve_auth`), from the app's `auth` arg: `token` (a
+token is required, or the app refuses to start), `none` (open), `auto` (a token if one is set).
+A Serve config file's apps are built in a Ray task on the cluster, which sees the cluster's
+environment and the app's `runtime_env`, never the shell that ran `serve run --address` or
+`serve deploy`; there `auto` without a token refuses to start rather than serve openly.
 """
 
 from __future__ import annotations
@@ -15,13 +21,17 @@ import dataclasses
 import hmac
 import os
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from distill_ray.errors import DistillError
+
 TOKEN_ENV = "DISTILL_RAY_SERVE_TOKEN"  # the bearer token, when an app's `auth_token` is not given
+AuthMode = Literal["auto", "token", "none"]  # an app's `auth` arg (see resolve_auth)
 
 
 class ServiceError(Exception):
@@ -89,8 +99,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def service_app(title: str, doc: str) -> FastAPI:
-    """The FastAPI app of a service (its docs page says `doc`'s first line) with the JSON error handlers."""
-    app = FastAPI(title=title, description=doc.split("\n")[0])
+    """The FastAPI app of a service with the JSON error handlers.
+
+    FastAPI's /docs, /redoc and /openapi.json are turned off: they would answer without the bearer
+    token (a browser's docs page cannot send it), and every route but /health needs it.
+    """
+    app = FastAPI(title=title, description=doc.split("\n")[0], docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     return app
 
@@ -102,14 +116,49 @@ def model_context(model: str, max_model_len: int | None) -> int:
     return max_model_len or AutoConfig.from_pretrained(model).max_position_embeddings
 
 
-def resolve_token(auth_token: str | None) -> str | None:
-    """The bearer token an app requires: its `auth_token` arg, else $DISTILL_RAY_SERVE_TOKEN, else none (open).
+def built_on_the_cluster() -> bool:
+    """Whether this code runs in a Ray task, as a Serve config file's app builder does (`serve run
+    CONFIG`, `serve deploy`), rather than in the process the user started (Python, `serve run module:app`)."""
+    import ray
 
-    Called where the app is built (`serve run`'s process or the cluster task that builds it),
-    so the variable must be set there, e.g. `DISTILL_RAY_SERVE_TOKEN=... serve run deploy/x.yaml`.
+    return ray.is_initialized() and ray.get_runtime_context().get_task_id() is not None
+
+
+# where a token can come from when the app is built on the cluster
+_CLUSTER_TOKEN_SOURCES = (f"the application's `runtime_env: {{env_vars: {{{TOKEN_ENV}: ...}}}}` in the config file, "
+                          f"{TOKEN_ENV} exported before the cluster's nodes start (`cluster/local.sh up`, `ray start`), "
+                          f"or `auth_token` in the app's args")
+
+
+def resolve_auth(app: str, auth: AuthMode, auth_token: str | None) -> str | None:
+    """The bearer token app `app` requires (None: open), from its `auth` and `auth_token` args and
+    $DISTILL_RAY_SERVE_TOKEN where the app is built; refuses (DistillError) rather than serve openly
+    when a token was asked for and is not there.
+
+        token  `auth_token`, else the variable; neither set: refused
+        none   open; a token set anyway: refused (someone asked for auth)
+        auto   a token when one is set, else open; but on the cluster, where the variable of the
+               shell that ran `serve run --address` never arrives, no token: refused
     """
-    token = auth_token if auth_token is not None else os.environ.get(TOKEN_ENV)
-    return token or None
+    token = auth_token or os.environ.get(TOKEN_ENV) or None
+    remote = built_on_the_cluster()
+    if auth == "none":
+        if token:
+            source = "auth_token" if auth_token else f"${TOKEN_ENV} where the app is built"
+            raise DistillError(f"{app}: auth: none, but {source} sets a token: drop one of the two")
+        return None
+    if token:
+        return token
+    if remote:
+        asked = "auth: token" if auth == "token" else "auth: auto (the default)"
+        raise DistillError(f"{app}: {asked}, and no token where the app is built: a Serve config's apps are built "
+                           f"on the Ray cluster, which sees your shell's {TOKEN_ENV} only when `serve run` started "
+                           f"that cluster itself (never with `serve run --address`, `serve deploy`, or Ray already "
+                           f"running); give it through {_CLUSTER_TOKEN_SOURCES}; or set auth: none for an open service")
+    if auth == "token":
+        raise DistillError(f"{app}: auth: token, but neither auth_token nor ${TOKEN_ENV} is set "
+                           f"(export it before `serve run`, or set auth: none for an open service)")
+    return None
 
 
 def check_bearer(request: Request) -> None:
@@ -139,9 +188,10 @@ def replica_engine_config(backend: str, dtype: str, extra: dict, **fields):
 
 
 def bind_app(deployment, args, **deployment_options):
-    """`deployment` bound to `args` and the bearer token they resolve to; `deployment_options`
-    (num_replicas, autoscaling_config, ray_actor_options, ...) override its defaults as a YAML's
-    `deployments:` section does. Refuses a missing model directory before anything starts."""
+    """`deployment` bound to `args` and the bearer token they resolve to (`resolve_auth`);
+    `deployment_options` (num_replicas, autoscaling_config, ray_actor_options, ...) override its
+    defaults as a YAML's `deployments:` section does. Refuses a missing model directory, and a
+    token asked for but absent, before anything starts."""
     if not Path(args.model).is_dir():
         raise ValueError(f"{deployment.name}: model: no model directory at {args.model} "
                          f"(relative paths start where `serve run` runs)")
@@ -152,4 +202,4 @@ def bind_app(deployment, args, **deployment_options):
         raise ValueError(f"{deployment.name}: engine: unknown EngineConfig field(s) {unknown}")
     if deployment_options:
         deployment = deployment.options(**deployment_options)
-    return deployment.bind(args, resolve_token(args.auth_token))
+    return deployment.bind(args, resolve_auth(deployment.name, args.auth, args.auth_token))

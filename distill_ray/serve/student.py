@@ -37,7 +37,7 @@ from ray import serve
 
 from distill_ray.config import DataConfig
 from distill_ray.serve.common import (
-    ServiceError, bind_app, check_bearer, model_context, replica_engine_config, service_app,
+    AuthMode, ServiceError, bind_app, check_bearer, model_context, replica_engine_config, service_app,
 )
 from distill_ray.serve.openai_schema import ChatMessage, ChatRequest, CompletionRequest, refuse_unsupported
 
@@ -58,7 +58,8 @@ class StudentAppArgs(BaseModel):
     prompt_template: str = DataConfig().template  # chat without a chat template: the training prompt template
     system_prompt: str | None = None  # chat with a chat template: the system turn when a request has none (the run's data.system_prompt); None: the template's default
     engine: dict = Field(default_factory=dict)  # further `EngineConfig` fields, e.g. {vllm_kv_cache_gib: 0.25}
-    auth_token: str | None = None  # bearer token clients must send; None: $DISTILL_RAY_SERVE_TOKEN, unset: no auth
+    auth: AuthMode = "auto"  # token: clients must send a bearer token (refuses to start without one); none: open; auto: token when one is set (see serve.common.resolve_auth)
+    auth_token: str | None = None  # the bearer token; None: $DISTILL_RAY_SERVE_TOKEN where the app is built
 
     @field_validator("prompt_template")
     @classmethod

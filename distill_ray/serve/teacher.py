@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from distill_ray.serve.common import (
-    ServiceError, bind_app, check_bearer, model_context, replica_engine_config, service_app,
+    AuthMode, ServiceError, bind_app, check_bearer, model_context, replica_engine_config, service_app,
 )
 
 
@@ -49,7 +49,8 @@ class TeacherAppArgs(BaseModel):
     max_batch_tokens: int = Field(32768, ge=1)  # most tokens (all sequences together) in one request
     max_model_len: int | None = Field(None, ge=2)  # longest sequence; None: the model's max_position_embeddings
     engine: dict = Field(default_factory=dict)  # further `EngineConfig` fields, e.g. {vllm_kv_cache_gib: 0.25}
-    auth_token: str | None = None  # bearer token clients must send; None: $DISTILL_RAY_SERVE_TOKEN, unset: no auth
+    auth: AuthMode = "auto"  # token: clients must send a bearer token (refuses to start without one); none: open; auto: token when one is set (see serve.common.resolve_auth)
+    auth_token: str | None = None  # the bearer token; None: $DISTILL_RAY_SERVE_TOKEN where the app is built
 
 
 class ScoreRequest(BaseModel):

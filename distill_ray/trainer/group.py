@@ -541,6 +541,7 @@ class TrainerRank:
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         dist.barrier()  # every rank's files are on disk
         if self.rank == 0:
+            time.sleep(self.cfg.trainer.fault_save_delay_s)  # TEST ONLY (0 unless a test asks for a slow save)
             write_manifest(tmp, int(client_state.get("step", self.step)))  # last: it marks the checkpoint complete
             replace_dir(tmp, final)
         dist.barrier()  # no rank returns before the checkpoint is visible under its final name

@@ -51,6 +51,41 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+def listening_sockets(pids: set[int]) -> list[tuple[str, int, int]]:
+    """(address, port, pid) of every TCP socket the processes `pids` listen on, from /proc."""
+    owner = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owner[target[8:-1]] = pid
+        except OSError:
+            continue
+    out = []
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in owner:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word is host order
+            out.append((socket.inet_ntop(family, raw), int(hex_port, 16), owner[fields[9]]))
+    return out
+
+
+def http_status(host: str, port: int) -> int | None:
+    """The status of `GET /` without any token, or None when the server does not speak HTTP/1 (gRPC)."""
+    try:
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            head = s.recv(64)
+    except OSError:
+        return None
+    return int(head.split()[1]) if head.startswith(b"HTTP/1.") else None
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie waiting for its parent to reap it counts as gone)."""
     try:
@@ -127,6 +162,45 @@ def test_the_cluster_refuses_clients_without_its_token(cluster):
     res = subprocess.run([str(RAY), "job", "list", "--address", cluster["dashboard"]], env=wrong,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "authentication token" in (res.stdout + res.stderr).lower()
+
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def test_beyond_loopback_only_servers_that_check_the_token_listen(cluster):
+    """cluster/README.md, "What the cluster exposes": the dashboard (job submission) on loopback only;
+    on the machine's network address, where Ray registers the nodes, Ray's gRPC servers, which check
+    the token, and HTTP servers that refuse a request without it (401). Ray's two fixed-port
+    Prometheus servers of the head (autoscaler and dashboard metrics), which it binds to every
+    interface on a multi-node cluster and cannot be moved, are the documented exceptions; the
+    nodes' own metrics exporters, which used to answer anyone there, are off."""
+    from ray.autoscaler._private.constants import AUTOSCALER_METRIC_PORT
+    from ray.dashboard.consts import DASHBOARD_METRIC_PORT
+
+    node_ip = next(line.split()[3] for line in cluster["up"].stdout.splitlines() if line.startswith("nodes registered on"))
+    assert node_ip not in LOOPBACK  # what Ray does on Linux, and what `up` now says
+    ours = set()
+    for pid_file in (cluster["state"] / "pids").glob("*.pid"):
+        pid = int(pid_file.read_text())
+        ours |= {pid} | descendants(pid)
+    sockets = listening_sockets(ours)
+    dashboard = int(cluster["env"]["DISTILL_RAY_DASHBOARD_PORT"])
+    assert {a for a, p, _ in sockets if p == dashboard} == {"127.0.0.1"}, sockets
+    exposed = [(a, p) for a, p, _ in sockets if a not in LOOPBACK]
+    assert any(p == int(cluster["env"]["DISTILL_RAY_GCS_PORT"]) for _, p in exposed)  # the GCS: Ray's doing
+    answered = {}
+    for address, port in exposed:
+        if port in (AUTOSCALER_METRIC_PORT, DASHBOARD_METRIC_PORT):
+            continue
+        status = http_status(node_ip if address in ("0.0.0.0", "::") else address, port)
+        if status is not None:
+            answered[port] = status
+    assert answered and all(s == 401 for s in answered.values()), answered  # the agents' HTTP: token required
+    # and Ray's gRPC there (the GCS at the node's address) refuses a wrong token
+    wrong = {**cluster["client_env"], "RAY_AUTH_TOKEN": "0" * 64}
+    res = subprocess.run([str(RAY), "status", "--address", f"{node_ip}:{cluster['env']['DISTILL_RAY_GCS_PORT']}"],
+                         env=wrong, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0 and "token is missing or incorrect" in res.stdout + res.stderr, res.stderr[-2000:]
 
 
 def test_job_submit_trains_with_rollout_and_trainer_on_different_nodes(cluster, job_dir, tmp_path):

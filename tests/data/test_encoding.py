@@ -47,6 +47,38 @@ def test_length_filter_counts_and_truncation(tokenizer):
         encode_examples(ex, tokenizer, TEMPLATE, 2, 64, too_long="skip")
 
 
+@pytest.mark.parametrize("text, why", [
+    ("0 1 2", None),
+    ("0  1\n2", None),  # whitespace: exact match collapses it too
+    ("１２ ３", None),  # full-width digits: the tokenizer's own NFKC makes them "12 3", which it can write
+    ("0 1 X", "'0 1 X' decodes to '0 1 ', 1 <unk> token(s)"),  # no X in the vocabulary
+    ("0 1 </s> 2", "'0 1 </s> 2' decodes to '0 1  2'"),  # a literal EOS would end the response early
+])
+def test_unrepresentable_text_is_named_and_normalisation_is_not(tokenizer, text, why):
+    from distill_ray.data.encoding import unrepresentable_text
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert unrepresentable_text(tokenizer, text, ids) == why
+
+
+def test_unrepresentable_rows_stop_are_skipped_or_kept_and_counted(tokenizer):
+    ex = [Example("count to 3", "0 1 2"), Example("count to X", "0 1"), Example("count to 2", "0 1 Y Z"),
+          Example("count to 1", "0")]
+    with pytest.raises(DistillError) as info:
+        encode_examples(ex, tokenizer, TEMPLATE, 64, 64)  # "error" by default, as data.unrepresentable
+    assert str(info.value) == ("row 1: the tokenizer cannot represent the prompt: 'count to X' decodes to "
+                               "'count to ', 1 <unk> token(s); set data.unrepresentable=skip or keep to go on")
+    enc, report = encode_examples(ex, tokenizer, TEMPLATE, 64, 64, unrepresentable="skip")
+    assert [e.index for e in enc] == [0, 3] and (report.kept, report.unrepresentable, report.unk_tokens) == (2, 2, 0)
+    assert "skipped 2 row(s) the tokenizer cannot represent (first: row 1: " in str(report)
+    enc, report = encode_examples(ex, tokenizer, TEMPLATE, 64, 64, unrepresentable="keep")
+    assert [e.reference for e in enc] == [e.response for e in ex]  # what eval scores against
+    assert (report.kept, report.unrepresentable, report.unk_tokens) == (4, 2, 3)
+    assert "2 kept row(s) the tokenizer cannot represent (3 <unk> token(s); first: row 1: " in str(report)
+    with pytest.raises(DistillError, match="data.unrepresentable: expected one of"):
+        encode_examples(ex, tokenizer, TEMPLATE, 64, 64, unrepresentable="drop")
+
+
 def test_template_must_have_placeholder(tokenizer):
     with pytest.raises(DistillError, match="data.template: must contain"):
         encode_examples([Example("a", "b")], tokenizer, "no placeholder", 64, 64)

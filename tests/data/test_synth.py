@@ -64,3 +64,24 @@ def test_write_splits(tmp_path):
     paths = synth.write_splits(tmp_path, synth.generate_splits(10, 2, 2, seed=0))
     assert sorted(p.name for p in paths.values()) == ["test.jsonl", "train.jsonl", "validation.jsonl"]
     assert len(paths["train"].read_text().splitlines()) == 10
+
+
+def test_the_local_tokenizer_represents_every_text_the_synthetic_tasks_write(tiny_local):
+    """The quickstart's and the benchmarks' data pass data.unrepresentable=error (the default): the
+    tiny tokenizer, trained on 600 training rows only, writes its own splits, rows of another seed,
+    and every word, Zorbish word and number the tasks can use."""
+    from distill_ray.config import DataConfig
+    from distill_ray.data.encoding import encode_examples
+    from distill_ray.data.loading import Example
+    from distill_ray.data.prepare import prepare_split
+    from distill_ray.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_local["tokenizer"])
+    for split in ("train", "validation", "test"):
+        rows, report = prepare_split(DataConfig(), tokenizer, f"{tiny_local['data']}/{split}.jsonl", shuffle=False)
+        assert report.unrepresentable == 0 and rows
+    other = [Example(r["prompt"], r["response"]) for r in synth.generate_splits(2000, 0, 0, seed=7)["train"]]
+    other += [Example("walk", " ".join(synth.WORDS)), Example("walk", " ".join(synth.ZORBISH.values())),
+              Example("count", " ".join(map(str, range(synth.MAX_NUMBER + 1))))]
+    _, report = encode_examples(other, tokenizer, DataConfig().template, 10**6, 10**6, unrepresentable="keep")
+    assert (report.kept, report.unrepresentable) == (len(other), 0)

@@ -90,6 +90,28 @@ def test_the_run_report_counts_skipped_rows(tmp_path, tiny_local):
     assert f"skipped 1 bad row(s) (first: {path}:2: malformed JSON line" in str(report)
 
 
+UNREPRESENTABLE = [GOOD, {"prompt": "name a fruit", "response": "APPLE"}, GOOD, {"prompt": "say LAMP", "response": "lamp"}]
+
+
+def test_rows_the_tokenizer_cannot_represent_stop_the_load_or_are_skipped_or_kept_and_counted(tmp_path, tiny_local):
+    """The local BPE has no A, P, L, E or M: 'APPLE' is five <unk> tokens, which decode to nothing."""
+    path = write_lines(tmp_path / "d.jsonl", [json.dumps(r).encode() for r in UNREPRESENTABLE])
+    tokenizer = load_tokenizer(tiny_local["tokenizer"])
+    with pytest.raises(DistillError) as info:
+        prepare_split(DataConfig(), tokenizer, str(path), shuffle=False)  # data.unrepresentable=error, the default
+    assert str(info.value) == (f"{path}:2: the tokenizer cannot represent the response: 'APPLE' decodes to '', "
+                               "5 <unk> token(s); set data.unrepresentable=skip or keep to go on")
+
+    rows, report = prepare_split(DataConfig(unrepresentable="skip"), tokenizer, str(path), shuffle=False)
+    assert [r.reference for r in rows] == ["hi", "hi"] and (report.kept, report.unrepresentable) == (2, 2)
+    assert f"skipped 2 row(s) the tokenizer cannot represent (first: {path}:2: the tokenizer cannot represent the response" in str(report)
+
+    rows, report = prepare_split(DataConfig(unrepresentable="keep"), tokenizer, str(path), shuffle=False)
+    assert [r.reference for r in rows] == [r["response"] for r in UNREPRESENTABLE]
+    assert (report.kept, report.unrepresentable) == (4, 2) and report.unk_tokens == 9  # APPLE 5 + LAMP 4
+    assert f"2 kept row(s) the tokenizer cannot represent (9 <unk> token(s); first: {path}:2: " in str(report)
+
+
 def cli_error(capsys, *args: str) -> str:
     """`distill-ray ARGS` in this process (the subprocess contract is tests/test_cli.py's): exit
     status 2 and exactly one line on stderr, `error: ...`; returns that line."""
@@ -109,6 +131,14 @@ def test_no_valid_rows_is_a_one_line_cli_error(tmp_path, tiny_local, capsys):
     line = cli_error(capsys, "train", str(config), "--set", "data.bad_rows=skip")
     assert f"{data}: no valid rows (3 of 3 bad; first: {data}:1: malformed JSON line" in line
     assert not (tmp_path / "out" / "student").exists()
+
+
+def test_eval_on_text_the_tokenizer_cannot_represent_is_a_one_line_cli_error(tmp_path, tiny_local, capsys):
+    data = write_lines(tmp_path / "d.jsonl", [json.dumps(r).encode() for r in UNREPRESENTABLE])
+    line = cli_error(capsys, "eval", "--model", tiny_local["student"], "--data", str(data), "--out", str(tmp_path / "e.json"))
+    assert line == (f"error: {data}:2: the tokenizer cannot represent the response: 'APPLE' decodes to '', "
+                    "5 <unk> token(s); set data.unrepresentable=skip or keep to go on")
+    assert not (tmp_path / "e.json").exists()
 
 
 def test_a_teacher_with_another_tokenizer_is_a_one_line_cli_error(tmp_path, tiny_local, capsys):

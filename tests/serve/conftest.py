@@ -4,9 +4,10 @@ The apps are the ones in deploy/*.yaml (same import paths, args and deployment o
 the tiny session models swapped in, one replica each and a quarter of a CPU, so they fit beside
 the training run of test_training_endpoint on the session's 4 logical CPUs:
 
-    /teacher   teacher scoring service, torch backend, no auth
-    /          student, OpenAI API, torch backend, no auth
-    /secure    the same student with a bearer token (taken from $DISTILL_RAY_SERVE_TOKEN at build time)
+    /teacher   teacher scoring service, torch backend, no auth (`auth: none` over the YAML's `auth: token`)
+    /          student, OpenAI API, torch backend, no auth (likewise)
+    /secure    the same student as the YAML has it, `auth: token`, the token taken from
+               $DISTILL_RAY_SERVE_TOKEN at build time (in this process)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-3f9c"
 SMALL = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}
+OPEN = {"auth": "none"}  # the deploy YAMLs require a token; the tests' open apps say so explicitly
 
 
 def free_port() -> int:
@@ -53,11 +55,12 @@ def services(serve_url, tiny_local):
     try:
         os.environ.pop(TOKEN_ENV, None)
         targets = [
-            serve.RunTarget(teacher.build({"model": tiny_local["teacher"]}, SMALL), name="teacher",
+            serve.RunTarget(teacher.build({"model": tiny_local["teacher"], **OPEN}, SMALL), name="teacher",
                             route_prefix=teacher.route_prefix),
-            serve.RunTarget(student.build({"model": tiny_local["student"]}, SMALL), name="student",
+            serve.RunTarget(student.build({"model": tiny_local["student"], **OPEN}, SMALL), name="student",
                             route_prefix=student.route_prefix),
         ]
+        assert student.args["auth"] == "token"
         os.environ[TOKEN_ENV] = TOKEN  # read where the app is built: here
         targets.append(serve.RunTarget(student.build({"model": tiny_local["student"]}, SMALL), name="secure",
                                        route_prefix="/secure"))

@@ -27,7 +27,7 @@ def real_app(serve_url, pruned_student):
     from distill_ray.serve.apps import load_app_spec
 
     spec = load_app_spec(ROOT / "deploy/student.yaml")
-    app = spec.build({"model": str(pruned_student), "name": "pruned", "system_prompt": SYSTEM},
+    app = spec.build({"model": str(pruned_student), "name": "pruned", "system_prompt": SYSTEM, "auth": "none"},
                      {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}})
     serve.run(app, name="real-student", route_prefix="/real")
     yield OpenAI(base_url=f"{serve_url}/real/v1", api_key="unused", max_retries=0)

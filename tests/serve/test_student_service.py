@@ -169,6 +169,9 @@ def test_auth_on(services, local):
     assert r.status_code == 401 and r.json()["error"]["message"] == "wrong bearer token"
     assert httpx.get(f"{secure}/v1/models").status_code == 401
     assert httpx.get(f"{secure}/health").status_code == 200  # liveness needs no token
+    for path in ("/docs", "/redoc", "/openapi.json"):  # FastAPI's docs routes are not served, token or not
+        assert httpx.get(f"{secure}{path}").status_code == 404
+        assert httpx.get(f"{secure}{path}", headers={"Authorization": f"Bearer {services['token']}"}).status_code == 404
     with pytest.raises(openai.AuthenticationError):
         OpenAI(base_url=f"{secure}/v1", api_key="wrong", max_retries=0).completions.create(**body)
     out = OpenAI(base_url=f"{secure}/v1", api_key=services["token"], max_retries=0).completions.create(**body)

@@ -31,7 +31,8 @@ def vllm_teacher(services):
     from distill_ray.serve.apps import load_app_spec
 
     spec = load_app_spec(ROOT / "deploy/teacher_vllm.yaml")
-    app = spec.build({"model": services["local"]["teacher"], "max_top_k": 32, "engine": {"vllm_kv_cache_gib": 0.25}},
+    app = spec.build({"model": services["local"]["teacher"], "max_top_k": 32, "engine": {"vllm_kv_cache_gib": 0.25},
+                      "auth": "none"},
                      {"num_replicas": 1})
     serve.run(app, name="teacher-vllm", route_prefix="/teacher-vllm")
     yield f"{services['url']}/teacher-vllm"
