@@ -36,11 +36,14 @@ demo: $(STAMP)
 
 # the whole suite but the extra real-pair runs (CI's 45-minute budget); --durations names the slowest
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not real_extended" --durations=25
+	$(PY) -m pytest -q -m "not real_extended and not extended" --durations=25
 
 # the extra real-pair runs: seqkd and a vLLM remote teacher on SmolLM2, the real_pair benchmark's smoke run
 test-real: $(STAMP)
 	$(PY) -m pytest -q -m real_extended
+
+test-extended: $(STAMP)
+	$(PY) -m pytest -q -m extended
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

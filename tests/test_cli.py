@@ -155,10 +155,12 @@ def test_bench_names_an_unknown_benchmark_in_one_line(capsys):
 
 
 @pytest.mark.slow
-def test_a_run_prints_its_own_lines_and_verbose_adds_the_libraries(tmp_path, tiny_local):
+def test_a_run_prints_its_own_lines_and_leaves_the_libraries_in_rays_logs(tmp_path, tiny_local):
     """Issue 15.10: Ray's actor prefixes, per-model loading bars and library FutureWarnings stay out
     of a run's output (the actors' logs stay in Ray's log directory, which the run names);
-    `--verbose` shows them. The run starts its own local Ray, as `distill-ray train` does."""
+    the actors' lines are in the directory it names. The run starts its own local Ray, as
+    `distill-ray train` does. (`--verbose` echoes them, asynchronously: a 1-step run can end before
+    they arrive, so that is not asserted.)"""
     data = f"{tiny_local['data']}/train.jsonl"
     cfg = _config_for(tmp_path, tiny_local, data)
     quiet = run_cli("train", str(cfg), "--set", "method.name=kd")
@@ -168,6 +170,6 @@ def test_a_run_prints_its_own_lines_and_verbose_adds_the_libraries(tmp_path, tin
     for noise in ("pid=", "Loading weights", "FutureWarning", "real_accelerator.py"):
         assert noise not in text, f"{noise!r} in a quiet run's output:\n{text[-3000:]}"
     assert "step 1/1" in quiet.stdout
-    loud = run_cli("train", str(cfg), "--set", "method.name=kd", "--set", f"trainer.output_dir={tmp_path / 'loud'}", "--verbose")
-    assert loud.returncode == 0, loud.stderr[-3000:]
-    assert "(TrainerRank pid=" in loud.stdout + loud.stderr  # what the quiet run keeps out of the way
+    logs = Path(quiet.stdout.split("[run] actors' output: ")[1].split(" (--verbose")[0])
+    actor_logs = [p.read_text(errors="replace") for p in logs.glob("worker-*.out")]
+    assert any(":actor_name:TrainerRank" in text for text in actor_logs), sorted(p.name for p in logs.iterdir())
