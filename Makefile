@@ -36,7 +36,7 @@ demo: $(STAMP)
 
 # the whole suite but the extra real-pair runs (CI's 45-minute budget); --durations names the slowest
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not real_extended and not extended" --durations=25
+	$(PY) -m pytest -q -m "not real_extended and not extended" --durations=40
 
 # the extra real-pair runs: seqkd and a vLLM remote teacher on SmolLM2, the real_pair benchmark's smoke run
 test-real: $(STAMP)

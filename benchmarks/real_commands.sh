@@ -31,6 +31,7 @@ step eval_trained distill-ray eval --model local/runs/real-kd/student --data loc
     --teacher $T --max-examples 40 --max-new-tokens 128 || exit 1
 t0=$(date +%s)
 echo "=== serve: serve run distill_ray.serve.student:build_app model=$PWD/local/runs/real-kd/student name=smollm2-student"
+set -m  # job control: a background job of a script ignores SIGINT otherwise, and Ctrl-C is how serve run stops
 serve run distill_ray.serve.student:build_app model="$PWD/local/runs/real-kd/student" name=smollm2-student > serve.log 2>&1 &
 spid=$!
 for _ in $(seq 1 120); do curl -sf 127.0.0.1:8000/health >/dev/null && break; sleep 5; done

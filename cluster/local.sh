@@ -124,7 +124,7 @@ start_and_wait() {
         start_node "$@"
         rc=0; wait_started "$name" || rc=$?
         (( rc == 0 )) && return 0
-        stop_node "$name" >/dev/null
+        stop_nodes "$name" >/dev/null
         (( rc == 2 && try < 3 )) || break
         cp "$DIR/logs/$name.out" "$DIR/logs/$name.try$try.out"
         echo "starting $name again ($(( try + 1 ))/3)" >&2
@@ -202,27 +202,46 @@ cmd_up() {
     print_env | sed 's/^/  /'
 }
 
-# stop_node NAME: SIGTERM to the node's `ray start --block` (it stops its own processes), then
-# SIGKILL to whatever of its descendants outlived it (an actor worker mid-call): by pid, never by name
-stop_node() {
-    local name="$1" pid rest
-    if pid="$(node_pid "$name")"; then
-        rest=($(descendants "$pid"))
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-        for pid in "$pid" "${rest[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-        echo "stopped $name (pid $(cat "$DIR/pids/$name.pid"))"
-    fi
-    rm -f "$DIR/pids/$name.pid"
+# stop_nodes NAME...: SIGTERM to each node's `ray start --block` (it stops its own processes), all
+# at once; after at most 30 s, SIGKILL to whatever of them and their descendants outlived it (an
+# actor worker mid-call): by pid, never by name
+stop_nodes() {
+    local name pid rest=() pids=() names=()
+    for name in "$@"; do
+        if pid="$(node_pid "$name")"; then
+            rest+=($(descendants "$pid"))
+            pids+=("$pid"); names+=("$name")
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+    for _ in $(seq 1 30); do
+        local alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        (( alive )) || break
+        sleep 1
+    done
+    for pid in "${pids[@]}" "${rest[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for _ in $(seq 1 50); do  # a killed process can take a moment to exit (freeing its memory)
+        local left=0
+        for pid in "${pids[@]}" "${rest[@]}"; do
+            [[ "$(ps -o stat= -p "$pid" 2>/dev/null)" =~ ^[^Z] ]] && left=1  # gone, or a zombie: done
+        done
+        (( left )) || break
+        sleep 0.2
+    done
+    for name in "${names[@]}"; do echo "stopped $name (pid $(cat "$DIR/pids/$name.pid"))"; done
+    for name in "$@"; do rm -f "$DIR/pids/$name.pid"; done
 }
 
 cmd_down() {
     [[ -d "$DIR/pids" ]] || { echo "no cluster state in $DIR"; return 0; }
-    local f
-    # workers first, the head (GCS) last, so no node is left looking for a dead GCS
-    for f in $(ls "$DIR"/pids/*.pid 2>/dev/null | grep -v '/head.pid$') "$DIR/pids/head.pid"; do
-        [[ -f "$f" ]] && stop_node "$(basename "$f" .pid)"
+    local f workers=()
+    for f in "$DIR"/pids/*.pid; do
+        [[ -f "$f" && "$(basename "$f")" != head.pid ]] && workers+=("$(basename "$f" .pid)")
     done
+    # the worker nodes together, the head (GCS) last, so no node is left looking for a dead GCS
+    (( ${#workers[@]} )) && stop_nodes "${workers[@]}"
+    [[ -f "$DIR/pids/head.pid" ]] && stop_nodes head
     return 0
 }
 

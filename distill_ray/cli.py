@@ -7,7 +7,7 @@
     distill-ray models prune --from DIR --layers N [--method influence|even] [--mlp-width W] [--out DIR]
     distill-ray train CONFIG [--set key=value ...]
     distill-ray eval --model DIR --data FILE | --run RUN_DIR  [--teacher DIR] [--max-examples N] [--sample] [--out JSON]
-    distill-ray quickstart   [--out DIR]
+    distill-ray quickstart   [--out DIR] [--fast] [--methods sft,kd,...]
 
 User errors print one line, `error: ...`, and exit with status 2 (no traceback).
 """
@@ -175,7 +175,14 @@ def _cmd_eval(args) -> int:
 def _cmd_quickstart(args) -> int:
     from distill_ray.quickstart import run_quickstart
 
-    run_quickstart(out_dir=args.out, fast=args.fast, verbose=args.verbose)
+    from distill_ray.quickstart import METHODS
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    unknown = sorted(set(methods or []) - set(METHODS))
+    if unknown or methods == []:
+        raise DistillError(f"quickstart --methods {args.methods!r}: unknown method(s) {', '.join(unknown) or '(none given)'} "
+                           f"(known: {', '.join(METHODS)})")
+    run_quickstart(out_dir=args.out, fast=args.fast, methods=methods, verbose=args.verbose)
     return 0
 
 
@@ -292,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="the whole demo: data, models, distill with every method through the pipeline, compare")
     p.add_argument("--out", default="local", help="root directory for data, models and runs")
     p.add_argument("--fast", action="store_true", help="tiny sizes (a smoke run, seconds to minutes)")
+    p.add_argument("--methods", default=None, help="comma-separated subset of the methods to distill with (default: all)")
     p.set_defaults(func=_cmd_quickstart)
 
     p = sub.add_parser("bench", help="run a benchmark of benchmarks/ (writes benchmarks/results/NAME.json, prints a table)")

@@ -33,7 +33,7 @@ from distill_ray.models.tokenizer import load_tokenizer
 from distill_ray.pipeline.metrics import MetricsLogger
 from distill_ray.pipeline.placement import actor_request, check_fits, format_placement, placement_report, write_placement
 from distill_ray.pipeline.sources import DataPosition, PromptStream, dataset_batch
-from distill_ray.trainer.checkpoints import drop_records_from, latest_good_checkpoint, prune_checkpoints
+from distill_ray.trainer.checkpoints import drop_records_from, latest_good_checkpoint, prune_checkpoints, read_client_state
 
 ON_POLICY = ("sgo", "switch")
 
@@ -268,33 +268,40 @@ def _run(cfg: Config, resume: bool, quiet: bool, stop: StopOnSignal) -> dict:
         say(f"[run] actors' output: {ray_info['logs']} (--verbose shows it here)")
     stop.install()
     t_build = time.perf_counter()
-    if method == "seqkd":
+    if method == "seqkd":  # before the trainer's placement group holds its CPUs: the teacher workers may need them
         say("[run] seqkd: the teacher generates the training responses once")
         train = teacher_generated_rows(cfg, train, pad_id, eos_id)
-    trainer = TrainerGroup(cfg)
     start_step, positions, rng_state = 1, {}, None
     ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None:
-        state = trainer.load_checkpoint(str(ckpt))
+    if ckpt is not None:  # the driver's own state (data positions, step, mixing RNG), read before any actor starts
+        state = read_client_state(ckpt)
         start_step, positions, rng_state = state["step"] + 1, state["positions"], state.get("lambda_rng")
-        drop_records_from(out / "metrics.jsonl", start_step)  # steps after the checkpoint are trained (and logged) again
-        say(f"[run] resumed from {ckpt} at step {start_step}")
-    elif resume:
-        say(f"[run] --resume: no checkpoint in {out / 'checkpoints'}; starting from step 1")
-        drop_records_from(out / "metrics.jsonl", 1)  # an earlier attempt's steps are trained again
+    # the trainer ranks build (imports, process group, engines) while the rollout workers build
+    trainer = TrainerGroup(cfg, wait=False)
     # dataset rows and rollout prompts come from two independent streams, so each resumes exactly
     data_stream = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed, DataPosition(**positions.get("data", {})))
     rollout = None
     if uses_rollout(cfg):
         prompts = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed + 1, DataPosition(**positions.get("prompts", {})))
-        rollout = RolloutPipeline(cfg, prompts, pad_id, eos_id, switch=(method == "switch" or cfg.method.combine_with == "switch"))
-        if start_step > 1:
-            rollout.sync_weights(trainer.student_state_safetensors(), start_step - 1, trainer.teacher_merged_safetensors())
+        rollout = RolloutPipeline(cfg, prompts, pad_id, eos_id, switch=(method == "switch" or cfg.method.combine_with == "switch"),
+                                  wait=False)
     scorers = None
-    if trainer.reports[0].teacher == "remote":  # top-k from a teacher service, or from TeacherScorer actors
+    if trainer.options.teacher_mode == "remote":  # top-k from a teacher service, or from TeacherScorer actors
         from distill_ray.serve.client import TeacherEndpointClient
 
         scorers = TeacherEndpointClient.from_config(cfg) if cfg.model.teacher_endpoint else TeacherScorers(cfg)
+    trainer.wait_ready()
+    if ckpt is not None:
+        trainer.load_checkpoint(str(ckpt))
+        drop_records_from(out / "metrics.jsonl", start_step)  # steps after the checkpoint are trained (and logged) again
+        say(f"[run] resumed from {ckpt} at step {start_step}")
+    elif resume:
+        say(f"[run] --resume: no checkpoint in {out / 'checkpoints'}; starting from step 1")
+        drop_records_from(out / "metrics.jsonl", 1)  # an earlier attempt's steps are trained again
+    if rollout is not None:
+        rollout.wait_ready()
+        if start_step > 1:
+            rollout.sync_weights(trainer.student_state_safetensors(), start_step - 1, trainer.teacher_merged_safetensors())
     mix = lambda_on_rng(cfg.trainer.seed)
     if rng_state is not None:
         mix.setstate(rng_state)

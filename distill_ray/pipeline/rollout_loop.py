@@ -67,7 +67,8 @@ class RolloutPipeline:
 
     MAX_ATTEMPTS = 3  # a request that fails this often stops the run (a bug, not a lost node)
 
-    def __init__(self, cfg: Config, stream: PromptStream, pad_id: int, eos_id: int, switch: bool):
+    def __init__(self, cfg: Config, stream: PromptStream, pad_id: int, eos_id: int, switch: bool, wait: bool = True):
+        """Starts the workers; with `wait=False` it returns while they build (see `wait_ready`)."""
         self.cfg, self.stream, self.switch = cfg, stream, switch
         self.ahead = requests_ahead(cfg)
         self.queue = Queue(maxsize=max(cfg.rollout.queue_size, self.ahead + 1), actor_options={"num_cpus": 0})
@@ -88,7 +89,8 @@ class RolloutPipeline:
                        "a rollout worker (rollout.num_*_per_worker, cluster.rollout_resources)")
         # rollout.fault_exit_on_call (TEST ONLY) arms worker 0 alone; replacements never carry it
         self.workers = [self._new_worker(cfg.rollout.fault_exit_on_call if i == 0 else 0) for i in range(cfg.rollout.num_workers)]
-        self.placement = ray.get([w.ready.remote() for w in self.workers])
+        self._ready = [w.ready.remote() for w in self.workers]
+        self._placement: list | None = None
         self._next_worker = itertools.cycle(range(len(self.workers)))
         self._requests: dict[int, _Request] = {}  # in flight, by id
         self._next_id = 0
@@ -100,6 +102,18 @@ class RolloutPipeline:
         # requests beyond ahead + 1 are never in flight, so more workers than that would idle
         self.autoscaler = QueueDepthAutoscaler(rc.autoscale, busy_cap=self.ahead + 1) if rc.autoscale.enabled else None
         self._retiring: int | None = None  # index of the worker being removed (the last one)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> list:
+        """Block until every worker has built its engine (a build error is raised here); where each one runs."""
+        if self._placement is None:
+            self._placement = ray.get(self._ready)
+        return self._placement
+
+    @property
+    def placement(self) -> list:
+        return self.wait_ready()
 
     def _new_worker(self, exit_on_call: int = 0):
         rc = self.cfg.rollout

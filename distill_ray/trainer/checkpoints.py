@@ -25,6 +25,7 @@ from distill_ray.errors import DistillError
 
 MANIFEST = "MANIFEST.json"
 PREFIX = "step_"
+CLIENT_STATE = "client_state.pt"  # the driver's state (step, data positions, its RNG), written by rank 0
 
 
 def _sha256(path: Path) -> str:
@@ -138,6 +139,16 @@ def prune_checkpoints(root: Path, keep: int, newest: Path) -> list[Path]:
     for d in removed:
         shutil.rmtree(d, ignore_errors=True)
     return removed
+
+
+def read_client_state(directory: Path) -> dict:
+    """The driver's state saved in checkpoint `directory`, read in the driver (no trainer rank needed)."""
+    import torch
+
+    path = Path(directory) / CLIENT_STATE
+    if not path.is_file():
+        raise DistillError(f"checkpoint {directory}: {CLIENT_STATE} missing")
+    return torch.load(path, weights_only=False)
 
 
 def drop_records_from(path: Path, step: int) -> int:

@@ -45,7 +45,7 @@ from distill_ray.batch import RolloutBatch
 from distill_ray.config import Config, from_dict, to_dict
 from distill_ray.errors import DistillError
 from distill_ray.fsutil import replace_dir, staging_dir
-from distill_ray.trainer.checkpoints import write_manifest
+from distill_ray.trainer.checkpoints import CLIENT_STATE, write_manifest
 from distill_ray.trainer.deepspeed_config import (
     student_deepspeed_config,
     teacher_deepspeed_config,
@@ -253,8 +253,8 @@ def never_build_deepspeed_shm_op() -> None:
 class TrainerRank:
     """One rank of the group; wrapped with `ray.remote` by TrainerGroup (plain class for readability).
 
-    Call order: `master_address` (rank 0), then `setup` on all ranks at once (it joins the
-    process group, a collective), then any of the step / weights / checkpoint methods -- on all
+    Call order: `master_address` (rank 0), then `setup` on all ranks at once with its answer (it
+    joins the process group, a collective), then any of the step / weights / checkpoint methods -- on all
     ranks at once, since each may run collectives (ZeRO-3 gathers, all-reduces, barriers).
     """
 
@@ -277,11 +277,12 @@ class TrainerRank:
 
     # ------------------------------------------------------------------ building
 
-    def setup(self, master_addr: str, master_port: int) -> RankReport:
-        """Join the process group, then build the student engine and the teacher (all ranks at once)."""
+    def setup(self, master: tuple[str, int]) -> RankReport:
+        """Join the process group at rank 0's `master` (address, port), then build the student engine
+        and the teacher (all ranks at once)."""
         cfg = self.cfg
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its per-step INFO lines would drown ours
-        self._join_process_group(master_addr, master_port)
+        self._join_process_group(*master)
         self.precision = training_precision(cfg.model.dtype, self.on_gpu)
         torch.manual_seed(cfg.trainer.seed)  # the same seed on every rank: identical random inits
         self.engine = self._build_student()
@@ -535,7 +536,7 @@ class TrainerRank:
         if self.rank == 0:
             if self.online is not None:  # identical on every rank, so rank 0's copy is the module
                 self.online.save(tmp / "online_module")
-            torch.save(client_state, tmp / "client_state.pt")
+            torch.save(client_state, tmp / CLIENT_STATE)
             state = {"step": self.step, "world_size": self.world_size, "zero_stage": self.cfg.trainer.zero_stage,
                      "method": self.cfg.method.name}
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
@@ -568,7 +569,7 @@ class TrainerRank:
             self.online.load(path / "online_module")
         self.step = int(state["step"])
         _set_rng_state(torch.load(path / "rng" / f"rank_{self.rank}.pt", weights_only=False))
-        return torch.load(path / "client_state.pt", weights_only=False)
+        return torch.load(path / CLIENT_STATE, weights_only=False)
 
 
 # ====================================================================== the group
@@ -593,7 +594,10 @@ class TrainerGroup:
     """The trainer ranks as one object in the driver. Methods block, except `async_*` ones,
     which return ObjectRefs."""
 
-    def __init__(self, cfg: Config, placement_timeout_s: float | None = None):
+    def __init__(self, cfg: Config, placement_timeout_s: float | None = None, wait: bool = True):
+        """Places the ranks and starts building them. With `wait=False` it returns while they build
+        (import, process group, engines): build something else meanwhile (the rollout workers), then
+        `wait_ready()`; any other call waits for the build too."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -602,7 +606,7 @@ class TrainerGroup:
 
         tc = cfg.trainer
         self.cfg, self.num_ranks = cfg, tc.num_workers
-        options = RankOptions.from_config(cfg)  # a bad option fails here, in the driver, not in N actors
+        self.options = options = RankOptions.from_config(cfg)  # a bad option fails here, in the driver, not in N actors
         bundle = actor_request(tc.num_cpus_per_worker, tc.num_gpus_per_worker, cfg.cluster.trainer_resources)
         self.rank_resources = bundle  # what each rank holds (its placement group bundle)
         strategy = cfg.cluster.trainer_placement  # default PACK: ranks on as few nodes as possible, fastest all-reduces
@@ -632,8 +636,23 @@ class TrainerGroup:
             ).remote(to_dict(cfg), options, i, self.num_ranks)
             for i in range(self.num_ranks)
         ]
-        address, port = ray.get(self.ranks[0].master_address.remote())
-        self.reports: list[RankReport] = ray.get([r.setup.remote(address, port) for r in self.ranks])
+        master = self.ranks[0].master_address.remote()  # an ObjectRef: Ray hands each setup its value
+        self._setup = [r.setup.remote(master) for r in self.ranks]
+        self._reports: list[RankReport] | None = None
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> list[RankReport]:
+        """Block until every rank is built (a rank's build error is raised here); the ranks' reports."""
+        import ray
+
+        if self._reports is None:
+            self._reports = ray.get(self._setup)
+        return self._reports
+
+    @property
+    def reports(self) -> list[RankReport]:
+        return self.wait_ready()
 
     # ------------------------------------------------------------------ training
 

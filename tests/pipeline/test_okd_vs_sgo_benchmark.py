@@ -13,11 +13,11 @@ import pytest
 def test_okd_vs_sgo_quick(ray_local, tmp_path, load_benchmark):
     module = load_benchmark("okd_vs_sgo")
     out = tmp_path / "okd_vs_sgo.json"
-    rc = module.main(["--quick", "--methods", "okd,sgo,sgo_sync", "--out", str(out)])
+    rc = module.main(["--quick", "--methods", "okd,sgo", "--out", str(out)])  # the two it must have (CI's time budget)
     written = out if rc == 0 else out.with_suffix(".rejected.json")  # tiny models may not improve in 4 steps
     assert rc in (0, 1) and written.is_file()
     result = json.loads(written.read_text())
-    assert set(result["methods"]) == {"okd", "sgo", "sgo_sync"} and result["seeds"] == 2
+    assert set(result["methods"]) == {"okd", "sgo"} and result["seeds"] == 2
     assert result["target_above_warmup"] == (rc == 0) == (result["target_rouge_l"] > result["warmup_rouge_l"])
     for key in ("sgo_over_okd_time_to_target", "teacher_validation", "best_gap_recovered", "target_rule"):
         assert key in result

@@ -65,7 +65,7 @@ def test_auth_modes(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_auto_without_a_token_refuses_to_start_where_a_config_is_built(ray_local, tmp_path):
-    """A config file's apps are built in a Ray task (see test_serve_run_on_a_cluster for the real
+    """A config file's apps are built in a Ray task (see tests/cluster/test_local_cluster.py for the real
     `serve run --address`): there `auth: auto` cannot know what the shell that ran `serve run` held."""
     spec = load_app_spec(ROOT / "deploy/teacher.yaml")
 
