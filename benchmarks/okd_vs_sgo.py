@@ -93,11 +93,11 @@ def cores_held(cfg: dict) -> int:
     """Threads the run's actors hold: each trainer rank and each rollout worker runs
     max(1, int(num_cpus)) torch threads (trainer/group.py, pipeline/rollout_loop.py)."""
     from distill_ray.config import from_dict
-    from distill_ray.pipeline.driver import uses_rollout
+    from distill_ray.methods import method_spec
 
     c = from_dict(cfg, "config.json")
     cores = c.trainer.num_workers * max(1, int(c.trainer.num_cpus_per_worker))
-    if uses_rollout(c):
+    if method_spec(c).rollouts:
         cores += c.rollout.num_workers * max(1, int(c.rollout.num_cpus_per_worker))
     return cores
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from distill_ray.errors import DistillError
+from distill_ray.methods import METHODS, method_spec
 
 Method = Literal["sft", "kd", "seqkd", "sgo", "switch", "okd"]
 Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"]
@@ -397,7 +398,7 @@ def check_model_paths(cfg: Config, where: _Where | None = None) -> None:
     the teacher (unless sft, or a teacher service replaces it) and the tokenizer when set."""
     where = where or _Where("config", {})
     checks = [("model.student", cfg.model.student, "config.json")]
-    if cfg.method.name != "sft" and cfg.model.teacher_endpoint is None:
+    if METHODS[cfg.method.name].needs_teacher and cfg.model.teacher_endpoint is None:
         checks.append(("model.teacher", cfg.model.teacher, "config.json"))
     if cfg.model.tokenizer is not None:
         checks.append(("model.tokenizer", cfg.model.tokenizer, "tokenizer"))
@@ -405,6 +406,13 @@ def check_model_paths(cfg: Config, where: _Where | None = None) -> None:
         problem = model_path_problem(value, want)
         if problem:
             raise DistillError(f"{where(key)}: {value}: {problem}")
+
+
+def check_config(cfg: Config, source: str = "config") -> None:
+    """The cross-field rules of `validate` for a Config built in code (load_config and from_dict
+    apply them already), and its types and choices: `run` calls it first, so a bad value or
+    combination is one line before anything starts."""
+    from_dict(to_dict(cfg), source)
 
 
 def validate(cfg: Config, where: _Where) -> None:
@@ -473,7 +481,8 @@ def validate(cfg: Config, where: _Where) -> None:
                        ("rollout.fault_exit_on_call", cfg.rollout.fault_exit_on_call)):
         if value < 0:
             raise DistillError(f"{where(key)}: must be >= 0, got {value}")
-    if cfg.method.name == "okd" and cfg.trainer.teacher_mode != "replicated":
+    spec = method_spec(cfg)
+    if spec.online_teacher and cfg.trainer.teacher_mode != "replicated":
         raise DistillError(
             f"{where('trainer.teacher_mode')}: okd trains an online module inside the teacher, which needs "
             f"teacher_mode=replicated, got {cfg.trainer.teacher_mode}"
@@ -489,8 +498,13 @@ def validate(cfg: Config, where: _Where) -> None:
         if not cfg.model.teacher_endpoint.startswith(("http://", "https://")):
             raise DistillError(f"{where('model.teacher_endpoint')}: expected an http:// or https:// URL, "
                                f"got {cfg.model.teacher_endpoint!r}")
-    if cfg.method.combine_with != "none" and cfg.method.name != "okd":
-        raise DistillError(f"{where('method.combine_with')}: only okd can be combined with sgo or switch")
+    if cfg.method.combine_with != "none" and not METHODS[cfg.method.name].combinable:
+        combinable = " or ".join(name for name, m in METHODS.items() if m.combinable)
+        raise DistillError(f"{where('method.combine_with')}: only {combinable} can be combined with sgo or switch")
+    if spec.switch and cfg.rollout.backend == "vllm":
+        key = "method.combine_with" if cfg.method.combine_with == "switch" else "method.name"
+        raise DistillError(f"{where(key)}: SWITCH sequences need the teacher inside the rollout worker, which only "
+                           f"rollout.backend=torch has; {where('rollout.backend')} is vllm (set rollout.backend=torch)")
 
 
 def to_dict(cfg: Config) -> dict:

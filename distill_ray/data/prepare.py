@@ -8,6 +8,7 @@ from pathlib import Path
 from distill_ray.config import Config, DataConfig
 from distill_ray.data.encoding import Encoded, LengthReport, chat_format, encode_examples
 from distill_ray.data.loading import FieldMap, load_examples_with_report, shuffled
+from distill_ray.methods import METHODS
 
 
 def field_map(cfg: DataConfig) -> FieldMap:
@@ -35,7 +36,7 @@ def model_context_length(model: str) -> int | None:
 
 def run_context_length(cfg: Config) -> int | None:
     """The context every training sequence must fit: the student's, and the teacher's when the loss uses it."""
-    models = [cfg.model.student] + ([cfg.model.teacher] if cfg.method.name != "sft" else [])
+    models = [cfg.model.student] + ([cfg.model.teacher] if METHODS[cfg.method.name].needs_teacher else [])
     lengths = [n for n in map(model_context_length, models) if n is not None]
     return min(lengths) if lengths else None
 

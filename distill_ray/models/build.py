@@ -14,6 +14,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from distill_ray.errors import DistillError
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # model.dtype's names
+
 
 @dataclass(frozen=True)
 class ModelShape:

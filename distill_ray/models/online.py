@@ -124,3 +124,67 @@ def merged_layer_weights(model: PeftModel) -> dict[str, torch.Tensor]:
         key = name[len(prefix):] if name.startswith(prefix) else name
         out[f"{key}.weight"] = (base.weight.detach() + delta.detach().to(base.weight.dtype)).cpu()
     return out
+
+
+# ---------------------------------------------------------------- the module's optimizer on each trainer rank
+
+class OnlineModule:
+    """OKD's adapter on this rank's teacher, with its own AdamW.
+
+    Each rank backpropagates its micro-batches' module loss, weighted by their share of the
+    step's global tokens; `step` sums those gradients over ranks (an all-reduce), so every rank
+    applies the same update to the same starting weights and the modules never drift apart.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, lr: float, grad_clip: float):
+        self.teacher = teacher
+        self.params = list(online_module_parameters(teacher))
+        # no weight decay: LoRA's B starts at zero, and decay would pull the module back to
+        # "no adaptation" at a rate unrelated to the loss
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+        self.grad_clip = grad_clip
+
+    def broadcast_from_rank0(self) -> None:
+        """Make every rank start from rank 0's initial adapter (LoRA's A is random)."""
+        import torch.distributed as dist
+
+        for p in self.params:
+            dist.broadcast(p.data, src=0)
+
+    def step(self) -> float:
+        """All-reduce the gradients, clip, update; returns the module's gradient norm."""
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])  # one collective, not one per tensor
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for p in self.params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+        if self.grad_clip > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip))
+        else:
+            norm = float(flat.norm())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.teacher)
+
+    def save(self, directory: Path) -> None:
+        save_online_module(self.teacher, directory)
+        torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
+
+    def load(self, directory: Path) -> None:
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(directory / "adapter_model.safetensors"), device=str(self.params[0].device))
+        result = set_peft_model_state_dict(self.teacher, weights)
+        if getattr(result, "unexpected_keys", None):
+            raise DistillError(f"checkpoint {directory}: online module has unexpected keys {result.unexpected_keys[:3]}")
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=False))

@@ -23,24 +23,24 @@ from dataclasses import asdict
 from pathlib import Path
 
 
-from distill_ray.batch import RolloutBatch
-from distill_ray.config import Config, check_model_paths, to_dict
+from distill_ray.config import Config, check_config, check_model_paths, to_dict
 from distill_ray.data.encoding import Encoded
 from distill_ray.data.prepare import prepare_split, run_context_length
 from distill_ray.errors import DistillError
 from distill_ray.eval.evaluate import evaluate_model, format_table, write_json
+from distill_ray.methods import method_spec
 from distill_ray.models.tokenizer import load_tokenizer
 from distill_ray.pipeline.metrics import MetricsLogger
-from distill_ray.pipeline.placement import actor_request, check_fits, format_placement, placement_report, write_placement
+from distill_ray.pipeline.placement import (
+    check_rollout_actor_fits,
+    format_placement,
+    placement_report,
+    rollout_actor_request,
+    write_placement,
+)
 from distill_ray.pipeline.sources import DataPosition, PromptStream, dataset_batch
+from distill_ray.pipeline.teachers import open_teacher_source
 from distill_ray.trainer.checkpoints import drop_records_from, latest_good_checkpoint, prune_checkpoints, read_client_state
-
-ON_POLICY = ("sgo", "switch")
-
-
-def uses_rollout(cfg: Config) -> bool:
-    return cfg.method.name in ON_POLICY or (cfg.method.name == "okd" and cfg.method.combine_with != "none")
-
 
 def connect_ray(cfg: Config) -> dict:
     """Join the cluster in cluster.address / RAY_ADDRESS, or start a local Ray in this process.
@@ -82,25 +82,14 @@ def _ray_log_dir() -> str | None:
         return None
 
 
-def _rollout_actor_request(cfg: Config) -> dict[str, float]:
-    """What each rollout-side actor (rollout worker, teacher scorer, seqkd teacher) asks Ray for."""
-    rc = cfg.rollout
-    return actor_request(rc.num_cpus_per_worker, rc.num_gpus_per_worker, cfg.cluster.rollout_resources)
-
-
-def _check_rollout_actor_fits(cfg: Config, what: str) -> None:
-    if cfg.cluster.check_resources:
-        check_fits(_rollout_actor_request(cfg), f"{what} (rollout.num_*_per_worker, cluster.rollout_resources)")
-
-
 def report_placement(cfg: Config, trainer, rollout, scorers) -> dict:
     """Which node each trainer rank, rollout worker and teacher scorer landed on; also written
     to placement.json in the output directory."""
     groups, requests = {"trainer": trainer.ranks}, {"trainer": trainer.rank_resources}
     if rollout is not None:
-        groups["rollout"], requests["rollout"] = rollout.workers, _rollout_actor_request(cfg)
+        groups["rollout"], requests["rollout"] = rollout.workers, rollout_actor_request(cfg)
     if scorers is not None:
-        groups["scorer"], requests["scorer"] = scorers.actors, _rollout_actor_request(cfg)
+        groups["scorer"], requests["scorer"] = scorers.actors, rollout_actor_request(cfg)
     report = placement_report(groups, requests)
     write_placement(cfg.trainer.output_dir, report)
     return report
@@ -114,7 +103,7 @@ def teacher_generated_rows(cfg: Config, rows: list[Encoded], pad_id: int, eos_id
     from distill_ray.rollout.workers import EngineConfig, create_rollout_worker
 
     engine = EngineConfig(backend=cfg.rollout.backend, dtype=cfg.model.dtype, eos_token_id=eos_id, pad_token_id=pad_id)
-    _check_rollout_actor_fits(cfg, "a seqkd teacher worker")
+    check_rollout_actor_fits(cfg, "a seqkd teacher worker")
     workers = [
         create_rollout_worker(cfg.model.teacher, engine=engine, num_cpus=cfg.rollout.num_cpus_per_worker,
                               num_gpus=cfg.rollout.num_gpus_per_worker, resources=cfg.cluster.rollout_resources or None)
@@ -144,7 +133,7 @@ def check_teacher_tokenizer(cfg: Config, tokenizer) -> None:
     tokenizer differs from the student's (before any actor starts)."""
     from distill_ray.losses.divergences import check_same_tokenizer
 
-    if cfg.method.name == "sft":
+    if not method_spec(cfg).needs_teacher:
         return
     try:
         teacher_tokenizer = load_tokenizer(cfg.model.teacher)
@@ -241,7 +230,8 @@ def run(cfg: Config, resume: bool = False, quiet: bool = False) -> dict:
 
 
 def _run(cfg: Config, resume: bool, quiet: bool, stop: StopOnSignal) -> dict:
-    method = cfg.method.name
+    check_config(cfg)  # a Config built in code has not been through load_config's checks
+    method, spec = cfg.method.name, method_spec(cfg)
     check_model_paths(cfg)  # one line naming the key, before Ray or any actor starts
     out = Path(cfg.trainer.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +258,7 @@ def _run(cfg: Config, resume: bool, quiet: bool, stop: StopOnSignal) -> dict:
         say(f"[run] actors' output: {ray_info['logs']} (--verbose shows it here)")
     stop.install()
     t_build = time.perf_counter()
-    if method == "seqkd":  # before the trainer's placement group holds its CPUs: the teacher workers may need them
+    if spec.teacher_writes_data:  # before the trainer's placement group holds its CPUs: the teacher workers may need them
         say("[run] seqkd: the teacher generates the training responses once")
         train = teacher_generated_rows(cfg, train, pad_id, eos_id)
     start_step, positions, rng_state = 1, {}, None
@@ -281,15 +271,11 @@ def _run(cfg: Config, resume: bool, quiet: bool, stop: StopOnSignal) -> dict:
     # dataset rows and rollout prompts come from two independent streams, so each resumes exactly
     data_stream = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed, DataPosition(**positions.get("data", {})))
     rollout = None
-    if uses_rollout(cfg):
+    if spec.rollouts:
         prompts = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed + 1, DataPosition(**positions.get("prompts", {})))
-        rollout = RolloutPipeline(cfg, prompts, pad_id, eos_id, switch=(method == "switch" or cfg.method.combine_with == "switch"),
-                                  wait=False)
-    scorers = None
-    if trainer.options.teacher_mode == "remote":  # top-k from a teacher service, or from TeacherScorer actors
-        from distill_ray.serve.client import TeacherEndpointClient
-
-        scorers = TeacherEndpointClient.from_config(cfg) if cfg.model.teacher_endpoint else TeacherScorers(cfg)
+        rollout = RolloutPipeline(cfg, prompts, pad_id, eos_id, switch=spec.switch, wait=False)
+    # top-k from a teacher service, or from TeacherScorer actors (pipeline/teachers.py)
+    scorers = open_teacher_source(cfg) if trainer.options.teacher_mode == "remote" else None
     trainer.wait_ready()
     if ckpt is not None:
         trainer.load_checkpoint(str(ckpt))
@@ -320,7 +306,7 @@ def _run(cfg: Config, resume: bool, quiet: bool, stop: StopOnSignal) -> dict:
         for step in range(start_step, cfg.trainer.max_steps + 1):
             version = step - 1  # the student weights before this step
             t0 = time.perf_counter()
-            on_policy = rollout is not None and (method != "sgo" or mix.random() < cfg.method.lambda_on)
+            on_policy = rollout is not None and (not spec.mixes_dataset or mix.random() < cfg.method.lambda_on)
             if on_policy:
                 batch, extra = rollout.next_batch(version)
             else:
@@ -387,41 +373,6 @@ def _run(cfg: Config, resume: bool, quiet: bool, stop: StopOnSignal) -> dict:
         say(format_table({f"{method} student": res}))
     write_json(out / "result.json", result)
     return result
-
-
-class TeacherScorers:
-    """`trainer.teacher_mode=remote`: TeacherScorer actors that attach the teacher's top-k
-    log-probabilities to every batch, round robin, so the trainer ranks hold no teacher."""
-
-    def __init__(self, cfg: Config):
-        import ray
-
-        from distill_ray.rollout.workers import EngineConfig, create_teacher_scorer
-
-        self.k = cfg.loss.topk
-        engine = EngineConfig(backend=cfg.rollout.backend, dtype=cfg.model.dtype,
-                              torch_threads=max(1, int(cfg.rollout.num_cpus_per_worker)))
-        _check_rollout_actor_fits(cfg, "a teacher scorer")
-        self.actors = [
-            create_teacher_scorer(cfg.model.teacher, engine=engine, num_cpus=cfg.rollout.num_cpus_per_worker,
-                                  num_gpus=cfg.rollout.num_gpus_per_worker, resources=cfg.cluster.rollout_resources or None)
-            for _ in range(cfg.trainer.num_teacher_scorers)
-        ]
-        ray.get([a.ready.remote() for a in self.actors])
-        self._turn = 0
-
-    def score(self, batch: RolloutBatch) -> RolloutBatch:
-        import ray
-
-        actor = self.actors[self._turn % len(self.actors)]
-        self._turn += 1
-        return ray.get(actor.score_batch.remote(batch, self.k))
-
-    def shutdown(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
 
 
 def _validate(cfg: Config, trainer, tokenizer, rows: list[Encoded]) -> dict[str, float]:

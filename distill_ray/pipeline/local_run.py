@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from distill_ray.config import Config, check_model_paths, to_dict
+from distill_ray.config import Config, check_config, check_model_paths, to_dict
 from distill_ray.data.encoding import batches_by_length, collate_for_training
 from distill_ray.data.prepare import prepare_split
 from distill_ray.errors import DistillError
@@ -22,9 +22,8 @@ from distill_ray.eval.evaluate import evaluate_model, format_table, write_json
 from distill_ray.models.build import count_parameters, load_causal_lm
 from distill_ray.models.tokenizer import load_tokenizer
 from distill_ray.pipeline.metrics import MetricsLogger
+from distill_ray.methods import METHODS
 from distill_ray.trainer.local import LocalTrainer
-
-LOCAL_METHODS = ("sft", "kd")
 
 
 def export_model(model, tokenizer, out_dir: Path) -> None:
@@ -37,9 +36,11 @@ def export_model(model, tokenizer, out_dir: Path) -> None:
 
 
 def run_local(cfg: Config, quiet: bool = False) -> dict:
+    check_config(cfg)
     method = cfg.method.name
-    if method not in LOCAL_METHODS:
-        raise DistillError(f"method.name: {method!r} needs the distributed pipeline; in-process runs do {LOCAL_METHODS}")
+    if not METHODS[method].in_process:
+        local = tuple(name for name, m in METHODS.items() if m.in_process)
+        raise DistillError(f"method.name: {method!r} needs the distributed pipeline; in-process runs do {local}")
     check_model_paths(cfg)
     torch.manual_seed(cfg.trainer.seed)
     out = Path(cfg.trainer.output_dir)
@@ -55,7 +56,7 @@ def run_local(cfg: Config, quiet: bool = False) -> dict:
         validation, _ = prepare_split(cfg.data, tokenizer, cfg.data.validation, shuffle=False, max_rows=cfg.eval.max_examples or None)
 
     student = load_causal_lm(cfg.model.student)
-    teacher = load_causal_lm(cfg.model.teacher) if method == "kd" else None
+    teacher = load_causal_lm(cfg.model.teacher) if METHODS[method].teacher_in_loss else None
     if teacher is not None:
         from distill_ray.pipeline.driver import check_teacher_tokenizer
 

@@ -88,6 +88,18 @@ def check_fits(request: dict[str, float], what: str) -> None:
     check_bundles_fit([request], "PACK", what)
 
 
+def rollout_actor_request(cfg) -> dict[str, float]:
+    """What each rollout-side actor (rollout worker, teacher scorer, seqkd teacher) asks Ray for."""
+    rc = cfg.rollout
+    return actor_request(rc.num_cpus_per_worker, rc.num_gpus_per_worker, cfg.cluster.rollout_resources)
+
+
+def check_rollout_actor_fits(cfg, what: str) -> None:
+    """Unless `cluster.check_resources` is off: fail at once when no node can hold one rollout-side actor."""
+    if cfg.cluster.check_resources:
+        check_fits(rollout_actor_request(cfg), f"{what} (rollout.num_*_per_worker, cluster.rollout_resources)")
+
+
 def check_bundles_fit(bundles: list[dict[str, float]], strategy: str, what: str) -> None:
     """Fail at once when a placement group of `bundles` under `strategy` can never be placed."""
     reason = unplaceable(bundles, strategy, alive_nodes())

@@ -27,7 +27,7 @@ from distill_ray.batch import RolloutBatch
 from distill_ray.config import Config, RolloutAutoscaleConfig
 from distill_ray.data.encoding import Encoded
 from distill_ray.errors import DistillError
-from distill_ray.pipeline.placement import actor_request, check_fits
+from distill_ray.pipeline.placement import check_rollout_actor_fits
 from distill_ray.pipeline.sources import DataPosition, PromptStream
 from distill_ray.rollout.sampling import SamplingConfig
 from distill_ray.rollout.workers import EngineConfig, SwitchParams, create_rollout_worker
@@ -84,9 +84,7 @@ class RolloutPipeline:
             adaptive=cfg.method.switch.adaptive_draft,
         )
         rc = cfg.rollout
-        if cfg.cluster.check_resources:  # Ray would wait forever for a worker no node can hold
-            check_fits(actor_request(rc.num_cpus_per_worker, rc.num_gpus_per_worker, cfg.cluster.rollout_resources),
-                       "a rollout worker (rollout.num_*_per_worker, cluster.rollout_resources)")
+        check_rollout_actor_fits(cfg, "a rollout worker")  # Ray would wait forever for a worker no node can hold
         # rollout.fault_exit_on_call (TEST ONLY) arms worker 0 alone; replacements never carry it
         self.workers = [self._new_worker(cfg.rollout.fault_exit_on_call if i == 0 else 0) for i in range(cfg.rollout.num_workers)]
         self._ready = [w.ready.remote() for w in self.workers]

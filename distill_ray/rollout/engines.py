@@ -32,7 +32,6 @@ from distill_ray.rollout.kv import SlotCache
 from distill_ray.rollout.sampling import STUDENT_STREAM, SamplingConfig, keyed_uniform, sample_tokens
 from distill_ray.rollout.weights import bytes_to_state_dict
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class RolloutEngine(Protocol):
@@ -92,9 +91,9 @@ class TorchEngine:
         score_batch_size: int = 32,
     ):
         if isinstance(model, (str, Path)):
-            from distill_ray.models.build import load_causal_lm
+            from distill_ray.models.build import DTYPES, load_causal_lm
 
-            model = load_causal_lm(model, dtype=_DTYPES[dtype])
+            model = load_causal_lm(model, dtype=DTYPES[dtype])
         self.model = model.to(device).eval()
         self.eos_token_id = model.config.eos_token_id if eos_token_id is None else eos_token_id
         if isinstance(self.eos_token_id, list):
@@ -427,12 +426,6 @@ class VllmEngine:
         """Reload the weights in place from safetensors bytes, without restarting the engine."""
         self.llm.collective_rpc("load_safetensors_bytes", args=(blob,))
         # cached prefixes hold keys/values computed with the old weights
-        self.llm.reset_prefix_cache()
-        self.policy_version = version
-
-    def load_weights_from_dir(self, weights_dir: str | Path, version: int) -> None:
-        """Reload from an HF safetensors directory (e.g. one the trainer wrote to /dev/shm)."""
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(weights_dir), "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
         self.policy_version = version
 

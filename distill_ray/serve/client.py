@@ -100,7 +100,7 @@ class TeacherEndpointClient:
         return batch.with_teacher_topk(ids, logprobs, {"timing/teacher_score": time.perf_counter() - start})
 
     def score(self, batch: RolloutBatch) -> RolloutBatch:
-        """`pipeline.driver.TeacherScorers.score`'s contract: top-`topk` attached to the batch."""
+        """`pipeline.teachers.TeacherSource.score`'s contract: top-`topk` attached to the batch."""
         return self.score_batch(batch, self.topk)
 
     def shutdown(self) -> None:

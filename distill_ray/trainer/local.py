@@ -12,6 +12,7 @@ import time
 import torch
 
 from distill_ray.config import LossConfig, TrainerConfig
+from distill_ray.methods import METHODS
 from distill_ray.trainer.objective import distillation_loss, masked_cross_entropy
 from distill_ray.trainer.optim import lr_at
 
@@ -26,10 +27,12 @@ class LocalTrainer:
         loss_cfg: LossConfig | None = None,
         teacher: torch.nn.Module | None = None,
     ):
-        if method not in ("sft", "kd", "seqkd"):
-            raise ValueError(f"LocalTrainer trains sft, kd and seqkd, not {method!r}")
-        if method == "kd" and teacher is None:
-            raise ValueError("kd needs a teacher")
+        trainable = [name for name, m in METHODS.items() if not (m.rollouts or m.online_teacher)]
+        if method not in trainable:
+            raise ValueError(f"LocalTrainer trains {', '.join(trainable)} (on the batches it is given), not {method!r}")
+        self.spec = METHODS[method]
+        if self.spec.teacher_in_loss and teacher is None:
+            raise ValueError(f"{method} needs a teacher")
         self.student, self.teacher, self.cfg, self.method = student, teacher, cfg, method
         self.loss_cfg = loss_cfg or LossConfig()
         self.step = 0
@@ -41,7 +44,7 @@ class LocalTrainer:
 
     def _micro_loss(self, micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         out = self.student(input_ids=micro["input_ids"], attention_mask=micro["attention_mask"])
-        if self.method in ("sft", "seqkd"):
+        if self.spec.ce_only:
             loss = masked_cross_entropy(out.logits, micro["input_ids"], micro["loss_mask"])
             return loss, {"loss/ce": float(loss.detach())}
         with torch.no_grad():

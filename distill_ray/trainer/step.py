@@ -34,8 +34,7 @@ from distill_ray.losses.chunked import chunked_divergence
 from distill_ray.losses.divergences import IGNORE_INDEX, divergence, masked_reduce, per_token_cross_entropy
 from distill_ray.losses.okd import okd_module_loss, okd_module_loss_chunked
 from distill_ray.losses.sparse import sparse_divergence
-
-CE_ONLY = ("sft", "seqkd")
+from distill_ray.methods import METHODS
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ class LossSpec:
 
     @property
     def uses_teacher(self) -> bool:
-        return self.method not in CE_ONLY
+        return METHODS[self.method].teacher_in_loss
 
 
 @dataclass
@@ -216,7 +215,7 @@ def micro_batch_loss(
     loss, metrics = student_loss(spec, targets, student, teacher, topk)
     module = None
     if update_module:
-        if spec.method != "okd" or teacher is None:
+        if not METHODS[spec.method].online_teacher or teacher is None:
             raise DistillError("trainer: only okd, with a local teacher, updates an online module")
         module = module_loss(spec, targets, student, teacher)
         metrics["loss/module"] = float(module.detach())

@@ -21,7 +21,8 @@ from distill_ray.models.build import load_causal_lm
 from distill_ray.models.tokenizer import load_tokenizer
 from distill_ray.pipeline.sources import dataset_batch
 from distill_ray.rollout.weights import bytes_to_state_dict
-from distill_ray.trainer.group import TrainerGroup, weights_digest
+from distill_ray.trainer.group import TrainerGroup
+from distill_ray.trainer.rank import weights_digest
 from distill_ray.trainer.step import LossSpec, ResponseTargets, response_output, student_loss
 
 pytestmark = pytest.mark.slow
@@ -382,7 +383,7 @@ def test_deepspeed_shm_op_is_never_built_so_a_stale_build_lock_cannot_hang_a_ran
 
     (tmp_path / "deepspeed_shm_comm").mkdir()
     (tmp_path / "deepspeed_shm_comm" / "lock").touch()
-    code = ("from distill_ray.trainer.group import never_build_deepspeed_shm_op\n"
+    code = ("from distill_ray.trainer.rank import never_build_deepspeed_shm_op\n"
             "never_build_deepspeed_shm_op()\n"
             "from deepspeed.comm.torch import build_shm_op\n"
             "print('op:', build_shm_op())\n")

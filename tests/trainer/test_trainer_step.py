@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from distill_ray.batch import RolloutBatch
-from distill_ray.config import Config
+from distill_ray.config import Config, from_dict, to_dict
 from distill_ray.errors import DistillError
 from distill_ray.losses.divergences import divergence
 from distill_ray.models.build import ModelShape, build_causal_lm
 from distill_ray.models.online import attach_online_module
 from distill_ray.trainer.deepspeed_config import micro_batch_rows, student_deepspeed_config, teacher_deepspeed_config
-from distill_ray.trainer.group import RankOptions, merge_rank_metrics, teacher_mode, weights_digest
+from distill_ray.trainer.group import merge_rank_metrics
+from distill_ray.trainer.options import RankOptions, teacher_mode
+from distill_ray.trainer.rank import weights_digest
 from distill_ray.trainer.step import (
     LossSpec,
     ModelOutput,
@@ -241,22 +243,30 @@ def test_teacher_mode_and_chunked_loss_options():
     assert teacher_mode(cfg) == "replicated"
     cfg.method.name = "sft"
     assert teacher_mode(cfg) == "none"  # its loss does not use a teacher: none is loaded
-    cfg.method.name = "okd"
-    cfg.trainer.teacher_mode = "zero3"
-    with pytest.raises(DistillError, match="okd"):
-        teacher_mode(cfg)
     cfg.method.name = "kd"
     cfg.trainer.teacher_mode = "remote"
     assert RankOptions.from_config(cfg) == RankOptions(teacher_mode="remote", chunked_loss=False)
-    cfg.trainer.teacher_mode = "elsewhere"
-    with pytest.raises(DistillError, match="teacher_mode"):
-        teacher_mode(cfg)
     cfg.trainer.teacher_mode = "replicated"
     cfg.loss.chunked = True
     assert RankOptions.from_config(cfg).chunked_loss
-    cfg.trainer.zero_stage = 3
-    with pytest.raises(DistillError, match="chunked"):
-        RankOptions.from_config(cfg)
+    cfg.method.name = "sft"
+    assert not RankOptions.from_config(cfg).chunked_loss  # nothing to chunk without a teacher
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"method.name": "okd", "trainer.teacher_mode": "zero3"}, "trainer.teacher_mode: okd trains an online module"),
+    ({"trainer.teacher_mode": "elsewhere"}, "trainer.teacher_mode: expected one of"),
+    ({"loss.chunked": True, "trainer.zero_stage": 3}, "loss.chunked: needs whole output layers"),
+    ({"loss.chunked": True, "trainer.teacher_mode": "zero3"}, "loss.chunked: needs whole output layers"),
+])
+def test_the_trainer_options_rules_are_checked_at_config_load_not_by_the_resolvers(changes, says):
+    """Each rule once, at load (config.validate; from_dict is what a rank and the driver use)."""
+    values = to_dict(Config())
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        values[section][key] = value
+    with pytest.raises(DistillError, match=says):
+        from_dict(values)
 
 
 def test_student_deepspeed_config_follows_the_trainer_config():
