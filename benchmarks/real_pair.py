@@ -36,6 +36,7 @@ METHODS = {  # method -> overrides on configs/real.yaml
     "kd": [],
     "okd": [],
     "sgo": ["method.lambda_on=0.5"],
+    "switch": ["rollout.backend=torch"],  # SWITCH runs on the torch backend (the teacher inside the rollout worker)
     "seqkd": [],
     "sft": [],
 }

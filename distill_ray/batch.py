@@ -204,3 +204,64 @@ class RolloutBatch:
             piece.metrics = {}
         return pieces
 
+    @classmethod
+    def concat(cls, batches: list["RolloutBatch"]) -> "RolloutBatch":
+        """Rows of all batches, re-padded to the longest prompt and response.
+
+        policy_version is the OLDEST of the inputs (what a staleness check must see). Metrics merge
+        as: "timing/*" -> max (the batches were made in parallel), "tokens/*" and "count/*" -> sum,
+        anything else -> mean weighted by rows.
+        """
+        if not batches:
+            raise DistillError("RolloutBatch.concat: no batches")
+        pad_id = batches[0].pad_id
+        P = max(b.prompt_ids.shape[1] for b in batches)
+        R = max(b.response_ids.shape[1] for b in batches)
+        with_topk = [b.teacher_topk_ids is not None for b in batches]
+        if any(with_topk) and not all(with_topk):
+            raise DistillError("RolloutBatch.concat: some batches have teacher top-k log-probs and some do not")
+
+        def left(t: torch.Tensor, width: int, value) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
+
+        def right(t: torch.Tensor, width: int, value) -> torch.Tensor:
+            if t.dim() == 3:
+                return torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[1]), value=value)
+            return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+        out = dict(
+            prompt_ids=torch.cat([left(b.prompt_ids, P, pad_id) for b in batches]),
+            prompt_mask=torch.cat([left(b.prompt_mask, P, False) for b in batches]),
+            response_ids=torch.cat([right(b.response_ids, R, pad_id) for b in batches]),
+            response_mask=torch.cat([right(b.response_mask, R, False) for b in batches]),
+            logprobs=torch.cat([right(b.logprobs, R, 0.0) for b in batches]),
+            writer_mask=torch.cat([right(b.writer_mask, R, False) for b in batches]),
+            prompt_index=torch.cat([b.prompt_index for b in batches]),
+        )
+        if all(with_topk):
+            K = batches[0].teacher_topk_ids.shape[2]
+            if any(b.teacher_topk_ids.shape[2] != K for b in batches):
+                raise DistillError("RolloutBatch.concat: batches have different teacher top-k sizes")
+            out["teacher_topk_ids"] = torch.cat([right(b.teacher_topk_ids, R, 0) for b in batches])
+            out["teacher_topk_logprobs"] = torch.cat([right(b.teacher_topk_logprobs, R, 0.0) for b in batches])
+        return cls(
+            **out,
+            policy_version=min(b.policy_version for b in batches),
+            metrics=_merge_metrics(batches),
+            pad_id=pad_id,
+        )
+
+
+def _merge_metrics(batches: list[RolloutBatch]) -> dict[str, float]:
+    merged: dict[str, float] = {}
+    keys = {k for b in batches for k in b.metrics}
+    for key in sorted(keys):
+        have = [(b.metrics[key], len(b)) for b in batches if key in b.metrics]
+        if key.startswith("timing/"):
+            merged[key] = max(v for v, _ in have)
+        elif key.startswith(("tokens/", "count/")):
+            merged[key] = sum(v for v, _ in have)
+        else:
+            rows = sum(n for _, n in have)
+            merged[key] = sum(v * n for v, n in have) / rows if rows else 0.0
+    return merged
