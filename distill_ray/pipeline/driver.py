@@ -42,6 +42,7 @@ from distill_ray.pipeline.sources import DataPosition, PromptStream, dataset_bat
 from distill_ray.pipeline.teachers import open_teacher_source
 from distill_ray.trainer.checkpoints import drop_records_from, latest_good_checkpoint, prune_checkpoints, read_client_state
 
+
 def connect_ray(cfg: Config) -> dict:
     """Join the cluster in cluster.address / RAY_ADDRESS, or start a local Ray in this process.
 

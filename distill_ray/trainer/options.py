@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from distill_ray.config import Config
 from distill_ray.methods import method_spec
-from distill_ray.trainer.step import LossSpec
 
 
 # Where each rank's frozen teacher lives (`trainer.teacher_mode`):
@@ -36,7 +35,7 @@ def uses_chunked_loss(cfg: Config) -> bool:
     on every rank: not with a ZeRO-3 student or a ZeRO-3 teacher (their output layers are
     partitioned and only gathered inside the model's own forward): config.validate refuses those.
     """
-    return cfg.loss.chunked and LossSpec.from_config(cfg).uses_teacher
+    return cfg.loss.chunked and method_spec(cfg).teacher_in_loss
 
 
 @dataclass(frozen=True)
