@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(tempfile.mkdtemp(prefix="okd_vs_sgo_"))
-    from distill_ray.models.local import init_benchmark_models
+    from distill_ray.testbed import init_benchmark_models
 
     paths = init_benchmark_models(args.quick, work / "models" if args.quick else Path(args.models))
     load_before = os.getloadavg()

@@ -42,7 +42,7 @@ TARGET_ASYNC_OVER_MAX = 1.15
 
 
 def build_models(quick: bool, root: Path) -> dict:
-    from distill_ray.models.local import init_benchmark_models
+    from distill_ray.testbed import init_benchmark_models
 
     return init_benchmark_models(quick, root)
 

@@ -9,11 +9,11 @@ optimizer), from the same SFT warm-up student, and is scored on the same test ro
 decoding. Two students against the one teacher (1.31M parameters):
 
     small   the quickstart student, 64 wide x 2 layers (0.26M): a large gap (5x)
-    large   LARGE_STUDENT in distill_ray/models/local.py, 96 x 3 (0.64M): a small gap (2.1x)
+    large   LARGE_STUDENT in distill_ray/testbed.py, 96 x 3 (0.64M): a small gap (2.1x)
 
 Each (size, method) runs with --seeds (trainer.seed and data.shuffle_seed: data order, sampling,
 OKD module init); the JSON gives every seed's scores and their mean and standard deviation,
-overall and per reference-length bucket (distill_ray/eval/metrics.py LENGTH_BUCKETS), plus the
+overall and per reference-length bucket (distill_ray/eval/scores.py LENGTH_BUCKETS), plus the
 teacher's and each warm-up student's scores on the same rows, and the differences the papers'
 claims are about (`claims`):
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from distill_ray.models.local import init_benchmark_models
+    from distill_ray.testbed import init_benchmark_models
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(tempfile.mkdtemp(prefix="quality_"))

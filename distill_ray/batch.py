@@ -50,6 +50,7 @@ class RolloutBatch:
     teacher_topk_ids: torch.Tensor | None = None  # [B, R, K] int64
     teacher_topk_logprobs: torch.Tensor | None = None  # [B, R, K] float32
     pad_id: int = 0
+    request_id: int | None = None  # the rollout request that generated it (pipeline/rollout_loop.py); None otherwise
 
     def __post_init__(self):
         B, P = self.prompt_ids.shape

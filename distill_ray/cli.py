@@ -43,7 +43,7 @@ def _cmd_data_instruct(args) -> int:
 
 
 def _models_spec(args):
-    from distill_ray.models.local import LocalModelsSpec
+    from distill_ray.testbed import LocalModelsSpec
 
     spec = LocalModelsSpec(out_dir=args.out, arch=args.arch)
     for name in ("teacher_steps", "student_steps", "num_train"):
@@ -54,7 +54,7 @@ def _models_spec(args):
 
 
 def _cmd_models_init(args) -> int:
-    from distill_ray.models.local import init_local_models
+    from distill_ray.testbed import init_local_models
 
     result = init_local_models(_models_spec(args))
     for key in ("data", "tokenizer", "teacher", "student"):
@@ -81,14 +81,14 @@ def _cmd_models_prune(args) -> int:
 
 def _cmd_train(args) -> int:
     from distill_ray.config import load_config
-    from distill_ray.pipeline.local_run import run_local
+    from distill_ray.pipeline.in_process import run_in_process
 
     cfg = load_config(args.config, args.set or [], check_paths=True)
     cfg.logging.verbose = cfg.logging.verbose or args.verbose
     if args.in_process:
         if args.resume:
             raise DistillError("--resume needs the distributed pipeline (drop --in-process)")
-        run_local(cfg)
+        run_in_process(cfg)
         return 0
     from distill_ray.pipeline.driver import run
 

@@ -75,6 +75,7 @@ class SwitchConfig:
     decay: float = 0.1  # threshold decay per position: tau_t = tau0 * exp(-decay * t)
     draft_tokens: int = 32  # tokens drafted per verification step (1 = sequential); with adaptive_draft, the most
     adaptive_draft: bool = True  # a cost model picks drafter and block length from the writer runs seen (same tokens, less waste)
+    topk: int = 64  # rollout.backend=vllm: the rule's JSD from the teacher's top-k log-probabilities plus a tail bucket
 
 
 @dataclass
@@ -433,6 +434,7 @@ def validate(cfg: Config, where: _Where) -> None:
         "loss.chunk_size": cfg.loss.chunk_size,
         "loss.topk": cfg.loss.topk,
         "method.switch.draft_tokens": cfg.method.switch.draft_tokens,
+        "method.switch.topk": cfg.method.switch.topk,
         "method.okd.lora_rank": cfg.method.okd.lora_rank,
         "method.okd.teacher_update_every": cfg.method.okd.teacher_update_every,
         "eval.batch_size": cfg.eval.batch_size,
@@ -501,10 +503,11 @@ def validate(cfg: Config, where: _Where) -> None:
     if cfg.method.combine_with != "none" and not METHODS[cfg.method.name].combinable:
         combinable = " or ".join(name for name, m in METHODS.items() if m.combinable)
         raise DistillError(f"{where('method.combine_with')}: only {combinable} can be combined with sgo or switch")
-    if spec.switch and cfg.rollout.backend == "vllm":
-        key = "method.combine_with" if cfg.method.combine_with == "switch" else "method.name"
-        raise DistillError(f"{where(key)}: SWITCH sequences need the teacher inside the rollout worker, which only "
-                           f"rollout.backend=torch has; {where('rollout.backend')} is vllm (set rollout.backend=torch)")
+    if spec.switch and spec.online_teacher and cfg.rollout.backend == "vllm":
+        raise DistillError(f"{where('method.combine_with')}: okd + SWITCH needs the teacher's online module in the "
+                           "rollout worker, which only rollout.backend=torch has (SWITCH on vLLM checks tokens "
+                           f"with a vLLM teacher scorer that cannot take the module's weights); "
+                           f"{where('rollout.backend')} is vllm (set rollout.backend=torch)")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -31,7 +31,7 @@ class MethodSpec:
     mixes_dataset: bool = False  # method.lambda_on mixes dataset batches in with the rollouts
     online_teacher: bool = False  # OKD online modules in the teacher (needs a replicated teacher)
     combinable: bool = False  # method.combine_with (sgo or switch sequences) applies
-    in_process: bool = False  # `train --in-process` (LocalTrainer) can run it
+    in_process: bool = False  # `train --in-process` (InProcessTrainer) can run it
 
     @property
     def ce_only(self) -> bool:

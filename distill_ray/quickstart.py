@@ -16,7 +16,7 @@ from distill_ray.config import load_config
 from distill_ray.data.prepare import prepare_split
 from distill_ray.eval.evaluate import evaluate_model, write_json
 from distill_ray.models.build import count_parameters, load_causal_lm
-from distill_ray.models.local import LocalModelsSpec, init_local_models
+from distill_ray.testbed import LocalModelsSpec, init_local_models
 from distill_ray.models.tokenizer import load_tokenizer
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"

@@ -36,7 +36,7 @@ def tiny_local(tmp_path_factory):
     Returns the dict of `init_local_models` (paths to data, tokenizer, teacher, student).
     """
     from distill_ray.models.build import ModelShape
-    from distill_ray.models.local import LocalModelsSpec, init_local_models
+    from distill_ray.testbed import LocalModelsSpec, init_local_models
 
     spec = LocalModelsSpec(
         out_dir=str(tmp_path_factory.mktemp("local")),

@@ -55,18 +55,22 @@ def _config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_switch_on_the_vllm_backend_is_refused_at_load_naming_both_keys(tmp_path):
-    path = _config(tmp_path, "method:\n  name: switch\nrollout:\n  backend: vllm\n")
+def test_okd_with_switch_on_the_vllm_backend_is_refused_at_load_naming_both_keys(tmp_path):
+    path = _config(tmp_path, "method:\n  name: okd\n  combine_with: switch\nrollout:\n  backend: vllm\n")
     with pytest.raises(DistillError) as err:
         load_config(path)
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith(f"{path}:2: method.name: SWITCH sequences need the teacher inside the rollout worker")
-    assert f"{path}:4: rollout.backend is vllm (set rollout.backend=torch)" in message
-    with pytest.raises(DistillError, match=r"--set method.combine_with: SWITCH sequences"):
+    assert message.startswith(f"{path}:3: method.combine_with: okd + SWITCH needs the teacher's online module in the rollout worker")
+    assert f"{path}:5: rollout.backend is vllm (set rollout.backend=torch)" in message
+    with pytest.raises(DistillError, match=r"--set method.combine_with: okd \+ SWITCH"):
         load_config(_config(tmp_path, "method: {name: okd}\nrollout: {backend: vllm}\n"), ["method.combine_with=switch"])
-    load_config(_config(tmp_path, "method: {name: sgo}\nrollout: {backend: vllm}\n"))  # sgo on vLLM is fine
-    load_config(_config(tmp_path, "method: {name: switch}\nrollout: {backend: torch}\n"))
+    # SWITCH alone runs on vLLM (the top-k rule with a vLLM teacher scorer), sgo too; okd + SWITCH on torch
+    load_config(_config(tmp_path, "method: {name: switch}\nrollout: {backend: vllm}\n"))
+    load_config(_config(tmp_path, "method: {name: sgo}\nrollout: {backend: vllm}\n"))
+    load_config(_config(tmp_path, "method: {name: okd, combine_with: switch}\nrollout: {backend: torch}\n"))
+    with pytest.raises(DistillError, match=r"method.switch.topk: must be positive"):
+        load_config(_config(tmp_path, "method: {name: switch, switch: {topk: 0}}\n"))
 
 
 def test_combine_with_is_refused_for_methods_that_cannot_combine(tmp_path):

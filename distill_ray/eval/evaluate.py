@@ -12,7 +12,7 @@ import torch
 
 from distill_ray.data.encoding import Encoded, collate_prompts, decode_text, normal_form
 from distill_ray.errors import DistillError
-from distill_ray.eval.metrics import LENGTH_BUCKETS, Scored, summarize
+from distill_ray.eval.scores import LENGTH_BUCKETS, Scored, summarize
 from distill_ray.progress import progress_bar
 
 
@@ -137,7 +137,7 @@ def teacher_closeness(student, teacher, encoded: list[Encoded], *, pad_token_id:
         lt = log_softmax_float(teacher(input_ids=ids, attention_mask=attn).logits[:, :-1])
         if ls.shape[-1] != lt.shape[-1]:
             raise DistillError(f"eval --teacher: teacher vocabulary {lt.shape[-1]} != student vocabulary {ls.shape[-1]}")
-        kl_sum += float(per_token_divergence_from_logprobs(lt, ls, "forward_kl")[mask].sum())
+        kl_sum += float(per_token_divergence_from_logprobs(lt, ls, kind="forward_kl")[mask].sum())
         nll_s -= float(ls.gather(-1, labels[..., None])[..., 0][mask].sum())
         nll_t -= float(lt.gather(-1, labels[..., None])[..., 0][mask].sum())
         tokens += int(mask.sum())

@@ -19,6 +19,7 @@ see `okd.py`). Tokens whose weight is 0 (prompt, padding) are skipped entirely.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -26,11 +27,12 @@ import torch
 from distill_ray.errors import DistillError
 from distill_ray.losses.divergences import (
     IGNORE_INDEX,
-    check_divergence_args,
+    DivergenceSpec,
+    as_spec,
     per_token_cross_entropy,
     per_token_divergence,
-    reduction_weights,
     shared_vocab,
+    token_weights,
     weighted_sum,
 )
 
@@ -39,14 +41,14 @@ from distill_ray.losses.divergences import (
 class _ChunkSpec:
     """What one chunk computes; everything that is not a tensor."""
 
-    kind: str
-    temperature: float
-    beta: float
-    alpha: float
-    vocab_size: int
+    divergence: DivergenceSpec  # its vocab_size is the shared one, resolved
     chunk_size: int
     divergence_weight: float
     ce_weight: float
+
+    @property
+    def vocab_size(self) -> int:
+        return self.divergence.vocab_size
 
 
 def _chunk_loss(
@@ -58,9 +60,7 @@ def _chunk_loss(
     spec: _ChunkSpec,
 ) -> torch.Tensor:
     """This chunk's share of the reduced loss. Logits: [c, V]; weights, labels: [c]."""
-    per_token = per_token_divergence(
-        teacher_logits, student_logits, spec.kind, temperature=spec.temperature, beta=spec.beta, alpha=spec.alpha
-    )  # [c]
+    per_token = per_token_divergence(teacher_logits, student_logits, spec.divergence)  # [c]
     loss = spec.divergence_weight * weighted_sum(per_token, div_weights)
     if ce_weights is not None:
         loss = loss + spec.ce_weight * weighted_sum(per_token_cross_entropy(student_logits, labels), ce_weights)
@@ -146,33 +146,32 @@ def chunked_divergence(
     teacher_hidden: torch.Tensor,
     teacher_weight: torch.Tensor,
     mask: torch.Tensor | None = None,
-    kind: str = "forward_kl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    reduction: str = "token_mean",
-    vocab_size: int | None = None,
+    spec: DivergenceSpec | None = None,
+    *,
     chunk_size: int = 256,
     labels: torch.Tensor | None = None,
     ce_weight: float = 0.0,
     divergence_weight: float = 1.0,
+    **settings,
 ) -> torch.Tensor:
-    """divergence_weight * D(teacher, student) + ce_weight * CE(labels, student), reduced: a scalar.
+    """divergence_weight * D(teacher, student) + ce_weight * CE(labels, student), each averaged
+    over the response tokens: a scalar.
 
     Equal, in value and gradients, to `divergence(teacher_hidden @ teacher_weight.T,
-    student_hidden @ student_weight.T, mask, ...)` plus the CE term, without holding logits for
+    student_hidden @ student_weight.T, mask, spec)` plus the CE term, without holding logits for
     more than `chunk_size` tokens.
 
     student_hidden: [B, T, H_s]; student_weight: [V_s, H_s] (the output layer, no bias);
     teacher_hidden: [B, T, H_t]; teacher_weight: [V_t, H_t]; mask: [B, T] (None: all tokens).
-    vocab_size: the shared tokenizer's size, needed when V_s != V_t (padded output layers);
-    both are cut to it, and the cut-off rows get zero gradient.
+    spec (or its fields as keywords) as in `divergence`; spec.vocab_size, the shared tokenizer's
+    size, is needed when V_s != V_t (padded output layers): both are cut to it, and the cut-off
+    rows get zero gradient.
     labels: [B, T] targets aligned with the hidden states (IGNORE_INDEX = no target). The CE
-    term uses the same reduction over mask & (labels != IGNORE_INDEX), and no temperature.
+    term averages over mask & (labels != IGNORE_INDEX), with no temperature.
     chunk_size: tokens per chunk; one chunk holds a few [chunk_size, V] float32 tensors
     (256 tokens x 152k vocabulary: about 150 MB each).
     """
-    check_divergence_args(kind, temperature, beta, alpha)
+    spec = as_spec(spec, settings)
     if chunk_size < 1:
         raise DistillError(f"chunked divergence: chunk_size must be >= 1, got {chunk_size}")
     batch_shape = student_hidden.shape[:-1]
@@ -186,17 +185,17 @@ def chunked_divergence(
             f"chunked divergence: output layers {tuple(student_weight.shape)} / {tuple(teacher_weight.shape)} "
             f"do not match hidden sizes {student_hidden.shape[-1]} / {teacher_hidden.shape[-1]}"
         )
-    vocab = shared_vocab(teacher_weight.shape[0], student_weight.shape[0], vocab_size)
+    vocab = shared_vocab(teacher_weight.shape[0], student_weight.shape[0], spec.vocab_size)
     if mask is None:
         mask = torch.ones(batch_shape, dtype=torch.bool, device=student_hidden.device)
     weight_dtype = _at_least_float32(student_weight)
-    div_weights = reduction_weights(mask, reduction, weight_dtype).reshape(-1)  # [N]
+    div_weights = token_weights(mask, weight_dtype).reshape(-1)  # [N]
     ce_weights = flat_labels = None
     if labels is not None and ce_weight != 0.0:
         has_target = mask.bool() & (labels != IGNORE_INDEX)  # [B, T]
-        ce_weights = reduction_weights(has_target, reduction, weight_dtype).reshape(-1)  # [N]
+        ce_weights = token_weights(has_target, weight_dtype).reshape(-1)  # [N]
         flat_labels = labels.reshape(-1)
-    spec = _ChunkSpec(kind, temperature, beta, alpha, vocab, chunk_size, divergence_weight, ce_weight)
+    chunk_spec = _ChunkSpec(dataclasses.replace(spec, vocab_size=vocab), chunk_size, divergence_weight, ce_weight)
     return _ChunkedHeadLoss.apply(
         student_hidden.reshape(-1, student_hidden.shape[-1]),
         student_weight,
@@ -205,5 +204,5 @@ def chunked_divergence(
         div_weights,
         ce_weights,
         flat_labels,
-        spec,
+        chunk_spec,
     )

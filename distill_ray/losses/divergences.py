@@ -1,9 +1,11 @@
 """Token-level divergences between a teacher distribution p and a student distribution q.
 
     loss = divergence(teacher_logits, student_logits, mask, kind="jsd", temperature=2.0)
+    spec = DivergenceSpec(kind="jsd", temperature=2.0)            # the same settings, checked once
+    loss = divergence(teacher_logits, student_logits, mask, spec)
 
 p is always the teacher and q the student. Every divergence is summed over the vocabulary
-(the last dimension) and then reduced over the response tokens picked by a mask:
+(the last dimension) and then averaged over the response tokens picked by a mask:
 
     forward_kl        KL(p || q)
     reverse_kl        KL(q || p)
@@ -22,26 +24,53 @@ exactly 0, and no nan reaches the values or the gradients.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from distill_ray.errors import DistillError
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv")
-REDUCTIONS = ("token_mean", "sequence_mean")
 IGNORE_INDEX = -100  # label value that marks a position without a target (as in torch's cross_entropy)
 
 
-def check_divergence_args(kind: str, temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.1) -> None:
-    """Raise a one-line DistillError for an unknown kind or an out-of-range parameter."""
-    if kind not in DIVERGENCES:
-        raise DistillError(f"divergence: unknown kind {kind!r}; choose one of {DIVERGENCES}")
-    if not temperature > 0:
-        raise DistillError(f"divergence: temperature must be > 0, got {temperature}")
-    if not 0.0 <= beta <= 1.0:
-        raise DistillError(f"divergence: jsd beta must be in [0, 1], got {beta}")
-    if not 0.0 <= alpha <= 1.0:
-        raise DistillError(f"divergence: skew alpha must be in [0, 1], got {alpha}")
+@dataclass(frozen=True)
+class DivergenceSpec:
+    """Which divergence, and its settings: one object every loss function takes, checked when built.
+
+    kind: one of DIVERGENCES; temperature divides both sides' logits; beta: jsd's mixing weight;
+    alpha: the skew KLs' mixing weight; vocab_size: the shared tokenizer's size, to which both
+    sides are cut when their output layers have different numbers of rows (None: they must agree).
+    """
+
+    kind: str = "forward_kl"
+    temperature: float = 1.0
+    beta: float = 0.5
+    alpha: float = 0.1
+    vocab_size: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in DIVERGENCES:
+            raise DistillError(f"divergence: unknown kind {self.kind!r}; choose one of {DIVERGENCES}")
+        if not self.temperature > 0:
+            raise DistillError(f"divergence: temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise DistillError(f"divergence: jsd beta must be in [0, 1], got {self.beta}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise DistillError(f"divergence: skew alpha must be in [0, 1], got {self.alpha}")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise DistillError(f"divergence: vocab_size must be >= 1, got {self.vocab_size}")
+
+
+def as_spec(spec: DivergenceSpec | None, settings: dict) -> DivergenceSpec:
+    """`spec` (default: forward KL) with the keyword settings a caller gave instead of, or on top of, it."""
+    unknown = set(settings) - {f.name for f in dataclasses.fields(DivergenceSpec)}
+    if unknown:
+        raise TypeError(f"divergence settings: unknown {sorted(unknown)}")
+    spec = spec or DivergenceSpec()
+    return dataclasses.replace(spec, **settings) if settings else spec
 
 
 def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -77,20 +106,16 @@ def _kl_to_mixture(log_a: torch.Tensor, log_b: torch.Tensor, w: float) -> torch.
 
 
 def per_token_divergence_from_logprobs(
-    teacher_logp: torch.Tensor,
-    student_logp: torch.Tensor,
-    kind: str = "forward_kl",
-    *,
-    beta: float = 0.5,
-    alpha: float = 0.1,
+    teacher_logp: torch.Tensor, student_logp: torch.Tensor, spec: DivergenceSpec | None = None, **settings
 ) -> torch.Tensor:
-    """D(p, q) summed over the last dimension.
+    """D(p, q) summed over the last dimension (spec's kind, beta, alpha; not its temperature).
 
     teacher_logp, student_logp: [..., V] normalised log-probabilities (log p, log q), any float
     dtype; the last dimension may be a vocabulary or a set of buckets that partition it.
     Returns [...] in the inputs' dtype.
     """
-    check_divergence_args(kind, beta=beta, alpha=alpha)
+    spec = as_spec(spec, settings)
+    kind, beta, alpha = spec.kind, spec.beta, spec.alpha
     lp, lq = teacher_logp, student_logp
     if kind == "forward_kl" or (kind == "jsd" and beta == 0.0):
         return _kl(lp, lq)
@@ -118,28 +143,22 @@ def log_softmax_float(logits: torch.Tensor, temperature: float = 1.0) -> torch.T
 
 
 def per_token_divergence(
-    teacher_logits: torch.Tensor,
-    student_logits: torch.Tensor,
-    kind: str = "forward_kl",
-    *,
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    alpha: float = 0.1,
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, spec: DivergenceSpec | None = None, **settings
 ) -> torch.Tensor:
-    """D(p, q) per token from logits; both logits are divided by `temperature`.
+    """D(p, q) per token from logits; both logits are divided by spec.temperature.
 
     teacher_logits, student_logits: [..., V] (same V; see `shared_vocab`).
     Returns [...] in float32 (float64 for float64 inputs).
     """
-    check_divergence_args(kind, temperature, beta, alpha)
+    spec = as_spec(spec, settings)
     if teacher_logits.shape != student_logits.shape:
         raise DistillError(
             f"divergence: teacher logits {tuple(teacher_logits.shape)} and student logits "
             f"{tuple(student_logits.shape)} differ in shape"
         )
-    lp = log_softmax_float(teacher_logits, temperature)
-    lq = log_softmax_float(student_logits, temperature)
-    return per_token_divergence_from_logprobs(lp, lq, kind, beta=beta, alpha=alpha)
+    lp = log_softmax_float(teacher_logits, spec.temperature)
+    lq = log_softmax_float(student_logits, spec.temperature)
+    return per_token_divergence_from_logprobs(lp, lq, spec)
 
 
 def per_token_cross_entropy(
@@ -157,23 +176,25 @@ def per_token_cross_entropy(
     return flat.view(labels.shape)
 
 
-def reduction_weights(
-    mask: torch.Tensor, reduction: str = "token_mean", dtype: torch.dtype = torch.float32
+def masked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None, vocab_size: int | None = None
 ) -> torch.Tensor:
-    """Per-token weights w [B, T] such that the reduced loss is sum(w * values).
+    """Mean -log q(label) over the positions with a target (label != IGNORE_INDEX) and in `mask`:
+    a scalar, 0 when there is none. logits: [B, T, V] (cut to `vocab_size` entries when given);
+    labels, mask: [B, T], labels[t] being what logits[t] predicts."""
+    if vocab_size is not None:
+        logits = logits[..., :vocab_size]
+    has_target = labels != IGNORE_INDEX
+    if mask is not None:
+        has_target = has_target & mask.bool()
+    return masked_mean(per_token_cross_entropy(logits, labels), has_target)
 
-    mask: [B, T] bool or 0/1. token_mean: w = mask / (number of masked-in tokens).
-    sequence_mean: each sequence's tokens average to its mean, and sequences with at least one
-    token are averaged. An all-masked batch gets all-zero weights, so its loss is 0, not nan.
-    """
-    if reduction not in REDUCTIONS:
-        raise DistillError(f"divergence: unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
+
+def token_weights(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Per-token weights w [B, T] such that the token mean is sum(w * values): mask / (tokens in
+    the mask). An all-masked batch gets all-zero weights, so its loss is 0, not nan."""
     m = mask.to(dtype)
-    if reduction == "token_mean":
-        return m / m.sum().clamp(min=1.0)
-    tokens_per_seq = m.sum(-1, keepdim=True)  # [B, 1]
-    nonempty_seqs = (tokens_per_seq > 0).sum().clamp(min=1)
-    return m / tokens_per_seq.clamp(min=1.0) / nonempty_seqs
+    return m / m.sum().clamp(min=1.0)
 
 
 def weighted_sum(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -183,13 +204,11 @@ def weighted_sum(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (torch.where(weights > 0, values, 0.0) * weights).sum()
 
 
-def masked_reduce(
-    values: torch.Tensor, mask: torch.Tensor | None = None, reduction: str = "token_mean"
-) -> torch.Tensor:
-    """Reduce per-token values [B, T] over the tokens where mask [B, T] is set; a scalar."""
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of per-token values [B, T] over the tokens where mask [B, T] is set; a scalar."""
     if mask is None:
         mask = torch.ones(values.shape, dtype=torch.bool, device=values.device)
-    return weighted_sum(values, reduction_weights(mask, reduction, values.dtype))
+    return weighted_sum(values, token_weights(mask, values.dtype))
 
 
 def shared_vocab(teacher_size: int, student_size: int, vocab_size: int | None) -> int:
@@ -236,21 +255,17 @@ def divergence(
     teacher_logits: torch.Tensor,
     student_logits: torch.Tensor,
     mask: torch.Tensor | None = None,
-    kind: str = "forward_kl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    reduction: str = "token_mean",
-    vocab_size: int | None = None,
+    spec: DivergenceSpec | None = None,
+    **settings,
 ) -> torch.Tensor:
-    """D(teacher, student) per token, reduced over the response tokens: a scalar.
+    """D(teacher, student) per token, averaged over the response tokens: a scalar.
 
     teacher_logits: [B, T, V_t]; student_logits: [B, T, V_s]; mask: [B, T] (None: all tokens).
-    Both are cut to `vocab_size` entries (needed when V_t != V_s). Gradients flow to whichever
-    logits require them; detach the teacher's for plain distillation.
+    spec (or its fields as keywords: kind, temperature, beta, alpha, vocab_size): the divergence.
+    Both sides are cut to spec.vocab_size entries (needed when V_t != V_s). Gradients flow to
+    whichever logits require them; detach the teacher's for plain distillation.
     """
-    vocab = shared_vocab(teacher_logits.shape[-1], student_logits.shape[-1], vocab_size)
-    per_token = per_token_divergence(
-        teacher_logits[..., :vocab], student_logits[..., :vocab], kind, temperature=temperature, beta=beta, alpha=alpha
-    )  # [B, T]
-    return masked_reduce(per_token, mask, reduction)
+    spec = as_spec(spec, settings)
+    vocab = shared_vocab(teacher_logits.shape[-1], student_logits.shape[-1], spec.vocab_size)
+    per_token = per_token_divergence(teacher_logits[..., :vocab], student_logits[..., :vocab], spec)  # [B, T]
+    return masked_mean(per_token, mask)

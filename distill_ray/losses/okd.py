@@ -1,20 +1,20 @@
-"""OKD's two losses (Rao et al., arXiv 2409.12512), in our configurable formulation.
+"""OKD's online-module loss (Rao et al., arXiv 2409.12512), in our configurable formulation.
 
 The teacher is frozen except for a small online module (a LoRA adapter, see
 `models/online.py`) trained together with the student on dataset responses:
 
-    student loss  D(p_T.detach(), q_S) + ce_weight * CE(y, q_S)
-    module loss   CE(y, p_T) + module_weight * D'(q_S.detach(), p_T)
+    student loss  D(p_T.detach(), q_S) + ce_weight * CE(y, q_S)     (kd's loss: `divergence`)
+    module loss   CE(y, p_T) + module_weight * D'(q_S.detach(), p_T)  (here)
 
 D and D' are any of `DIVERGENCES`; in D' the detached student plays the target (first,
 "teacher") role, so the module moves the teacher toward what the student can represent while
-CE keeps it on the data. Each loss only ever reaches its own side's parameters: the other
-side's logits are detached here, not left to the caller.
+CE keeps it on the data. The module loss only ever reaches the teacher's parameters: the
+student's logits are detached here, not left to the caller.
 
-Both come in a dense form (logits) and a chunked form (last hidden states + output layers,
+It comes in a dense form (logits) and a chunked form (last hidden states + output layers,
 never holding [B, T, V] logits; see `chunked.py`). labels are aligned with the logits/hidden
-states (labels[:, t] is the token predicted at t), IGNORE_INDEX marking no target; the CE terms
-reduce over mask & (labels != IGNORE_INDEX) with the same reduction as D.
+states (labels[:, t] is the token predicted at t), IGNORE_INDEX marking no target; CE averages
+over mask & (labels != IGNORE_INDEX).
 """
 
 from __future__ import annotations
@@ -22,46 +22,7 @@ from __future__ import annotations
 import torch
 
 from distill_ray.losses.chunked import chunked_divergence
-from distill_ray.losses.divergences import IGNORE_INDEX, divergence, masked_reduce, per_token_cross_entropy
-
-
-def _masked_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None, reduction: str, vocab_size: int | None
-) -> torch.Tensor:
-    """CE over positions with a target (and in the mask). logits: [B, T, V]; labels, mask: [B, T]."""
-    if vocab_size is not None:
-        logits = logits[..., :vocab_size]
-    has_target = labels != IGNORE_INDEX
-    if mask is not None:
-        has_target = has_target & mask.bool()
-    return masked_reduce(per_token_cross_entropy(logits, labels), has_target, reduction)
-
-
-def okd_student_loss(
-    teacher_logits: torch.Tensor,
-    student_logits: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
-    *,
-    kind: str = "forward_kl",
-    ce_weight: float = 0.0,
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    reduction: str = "token_mean",
-    vocab_size: int | None = None,
-) -> torch.Tensor:
-    """D(p_T.detach(), q_S) + ce_weight * CE(labels, q_S): a scalar; gradients reach the student only.
-
-    teacher_logits (teacher with its online module): [B, T, V_t]; student_logits: [B, T, V_s];
-    mask, labels: [B, T]. beta/alpha parameterise jsd / skew divergences.
-    """
-    loss = divergence(
-        teacher_logits.detach(), student_logits, mask, kind, temperature, beta, alpha, reduction, vocab_size
-    )
-    if labels is not None and ce_weight != 0.0:
-        loss = loss + ce_weight * _masked_cross_entropy(student_logits, labels, mask, reduction, vocab_size)
-    return loss
+from distill_ray.losses.divergences import DivergenceSpec, as_spec, divergence, masked_cross_entropy
 
 
 def okd_module_loss(
@@ -69,59 +30,20 @@ def okd_module_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
     mask: torch.Tensor | None = None,
+    spec: DivergenceSpec | None = None,
     *,
-    kind: str = "reverse_kl",
     module_weight: float = 1.0,
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    reduction: str = "token_mean",
-    vocab_size: int | None = None,
+    **settings,
 ) -> torch.Tensor:
     """CE(labels, p_T) + module_weight * D'(q_S.detach(), p_T): a scalar; gradients reach the teacher only.
 
-    `kind` is D' and `module_weight` its weight (design.md's beta); shapes as in `okd_student_loss`.
+    teacher_logits (teacher with its online module): [B, T, V_t]; student_logits: [B, T, V_s];
+    labels, mask: [B, T]. spec (or its fields as keywords) is D' (default: forward KL; OKD's
+    config default is reverse_kl), `module_weight` its weight (design.md's beta).
     """
-    d = divergence(
-        student_logits.detach(), teacher_logits, mask, kind, temperature, beta, alpha, reduction, vocab_size
-    )
-    return _masked_cross_entropy(teacher_logits, labels, mask, reduction, vocab_size) + module_weight * d
-
-
-def okd_student_loss_chunked(
-    student_hidden: torch.Tensor,
-    student_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
-    *,
-    kind: str = "forward_kl",
-    ce_weight: float = 0.0,
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    reduction: str = "token_mean",
-    vocab_size: int | None = None,
-    chunk_size: int = 256,
-) -> torch.Tensor:
-    """`okd_student_loss` from hidden states [B, T, H] and output layers [V, H], chunked."""
-    return chunked_divergence(
-        student_hidden,
-        student_weight,
-        teacher_hidden.detach(),
-        teacher_weight.detach(),
-        mask,
-        kind=kind,
-        temperature=temperature,
-        beta=beta,
-        alpha=alpha,
-        reduction=reduction,
-        vocab_size=vocab_size,
-        chunk_size=chunk_size,
-        labels=labels,
-        ce_weight=ce_weight,
-    )
+    spec = as_spec(spec, settings)
+    d = divergence(student_logits.detach(), teacher_logits, mask, spec)
+    return masked_cross_entropy(teacher_logits, labels, mask, spec.vocab_size) + module_weight * d
 
 
 def okd_module_loss_chunked(
@@ -131,15 +53,11 @@ def okd_module_loss_chunked(
     teacher_weight: torch.Tensor,
     labels: torch.Tensor,
     mask: torch.Tensor | None = None,
+    spec: DivergenceSpec | None = None,
     *,
-    kind: str = "reverse_kl",
     module_weight: float = 1.0,
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    reduction: str = "token_mean",
-    vocab_size: int | None = None,
     chunk_size: int = 256,
+    **settings,
 ) -> torch.Tensor:
     """`okd_module_loss` from hidden states [B, T, H] and output layers [V, H], chunked.
 
@@ -152,12 +70,7 @@ def okd_module_loss_chunked(
         student_hidden.detach(),
         student_weight.detach(),
         mask,
-        kind=kind,
-        temperature=temperature,
-        beta=beta,
-        alpha=alpha,
-        reduction=reduction,
-        vocab_size=vocab_size,
+        as_spec(spec, settings),
         chunk_size=chunk_size,
         labels=labels,
         ce_weight=1.0,

@@ -21,9 +21,10 @@ import torch
 
 from distill_ray.errors import DistillError
 from distill_ray.losses.divergences import (
-    check_divergence_args,
+    DivergenceSpec,
+    as_spec,
     log_softmax_float,
-    masked_reduce,
+    masked_mean,
     per_token_divergence_from_logprobs,
     shared_vocab,
 )
@@ -81,25 +82,23 @@ def sparse_divergence(
     teacher_topk_logprobs: torch.Tensor,
     student_logits: torch.Tensor,
     mask: torch.Tensor | None = None,
-    kind: str = "forward_kl",
-    temperature: float = 1.0,
-    beta: float = 0.5,
-    alpha: float = 0.1,
-    reduction: str = "token_mean",
-    vocab_size: int | None = None,
+    spec: DivergenceSpec | None = None,
+    **settings,
 ) -> torch.Tensor:
-    """D(teacher, student) over the teacher's top-k tokens plus a tail bucket, reduced: a scalar.
+    """D(teacher, student) over the teacher's top-k tokens plus a tail bucket, averaged over the
+    response tokens: a scalar.
 
     teacher_topk_ids, teacher_topk_logprobs: [B, T, k], the log-probabilities normalised over
-    the full vocabulary and already at `temperature` (the scorer computes
+    the full vocabulary and already at spec.temperature (the scorer computes
     log_softmax(logits / temperature) before taking the top k; a tail's tempered mass cannot be
-    recovered afterwards). student_logits: [B, T, V_s], divided by `temperature` here and cut to
-    `vocab_size` entries when given. mask: [B, T] (None: all tokens).
+    recovered afterwards). student_logits: [B, T, V_s], divided by the temperature here and cut
+    to spec.vocab_size entries when given. mask: [B, T] (None: all tokens). spec, or its fields
+    as keywords, as in `divergence`.
     """
-    check_divergence_args(kind, temperature, beta, alpha)
-    if vocab_size is not None:  # a padded student output layer: keep the tokenizer's rows
+    spec = as_spec(spec, settings)
+    if spec.vocab_size is not None:  # a padded student output layer: keep the tokenizer's rows
         vocab = student_logits.shape[-1]
-        student_logits = student_logits[..., : shared_vocab(vocab, vocab, vocab_size)]
-    teacher_logp, student_logp = sparse_logprobs(teacher_topk_ids, teacher_topk_logprobs, student_logits, temperature)
-    per_token = per_token_divergence_from_logprobs(teacher_logp, student_logp, kind, beta=beta, alpha=alpha)  # [B, T]
-    return masked_reduce(per_token, mask, reduction)
+        student_logits = student_logits[..., : shared_vocab(vocab, vocab, spec.vocab_size)]
+    teacher_logp, student_logp = sparse_logprobs(teacher_topk_ids, teacher_topk_logprobs, student_logits, spec.temperature)
+    per_token = per_token_divergence_from_logprobs(teacher_logp, student_logp, spec)  # [B, T]
+    return masked_mean(per_token, mask)

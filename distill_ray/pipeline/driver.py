@@ -30,16 +30,11 @@ from distill_ray.errors import DistillError
 from distill_ray.eval.evaluate import evaluate_model, format_table, write_json
 from distill_ray.methods import method_spec
 from distill_ray.models.tokenizer import load_tokenizer
-from distill_ray.pipeline.metrics import MetricsLogger
-from distill_ray.pipeline.placement import (
-    check_rollout_actor_fits,
-    format_placement,
-    placement_report,
-    rollout_actor_request,
-    write_placement,
-)
+from distill_ray.pipeline.run_log import MetricsLogger
+from distill_ray.pipeline.placement import format_placement, placement_report, write_placement
 from distill_ray.pipeline.sources import DataPosition, PromptStream, dataset_batch
 from distill_ray.pipeline.teachers import open_teacher_source
+from distill_ray.resources import check_rollout_actor_fits, rollout_actor_request
 from distill_ray.trainer.checkpoints import drop_records_from, latest_good_checkpoint, prune_checkpoints, read_client_state
 
 
@@ -89,6 +84,8 @@ def report_placement(cfg: Config, trainer, rollout, scorers) -> dict:
     groups, requests = {"trainer": trainer.ranks}, {"trainer": trainer.rank_resources}
     if rollout is not None:
         groups["rollout"], requests["rollout"] = rollout.workers, rollout_actor_request(cfg)
+        if rollout.teacher_scorers:  # SWITCH on vLLM: the teacher that checks the drafts
+            groups["teacher"], requests["teacher"] = rollout.teacher_scorers, rollout_actor_request(cfg)
     if scorers is not None:
         groups["scorer"], requests["scorer"] = scorers.actors, rollout_actor_request(cfg)
     report = placement_report(groups, requests)
@@ -103,7 +100,7 @@ def teacher_generated_rows(cfg: Config, rows: list[Encoded], pad_id: int, eos_id
     from distill_ray.rollout.sampling import SamplingConfig
     from distill_ray.rollout.workers import EngineConfig, create_rollout_worker
 
-    engine = EngineConfig(backend=cfg.rollout.backend, dtype=cfg.model.dtype, eos_token_id=eos_id, pad_token_id=pad_id)
+    engine = EngineConfig.of_run(cfg, eos_id, pad_id)
     check_rollout_actor_fits(cfg, "a seqkd teacher worker")
     workers = [
         create_rollout_worker(cfg.model.teacher, engine=engine, num_cpus=cfg.rollout.num_cpus_per_worker,
@@ -356,7 +353,8 @@ def _run(cfg: Config, resume: bool, quiet: bool, stop: StopOnSignal) -> dict:
     result = {"method": method, "train_seconds": train_seconds, "steps": len(history), "student_dir": str(out / "student"),
               "losses": [h["loss"] for h in history],
               "placement": {"trainer": [asdict(r) for r in trainer.reports],
-                            "rollout": rollout.placement if rollout else []}}
+                            "rollout": rollout.placement if rollout else [],
+                            "teacher": rollout.scorer_placement if rollout else []}}
     if rollout is not None:
         result["rollout_dropped_stale"], result["rollout_restarts"] = rollout.dropped, rollout.restarts
         rollout.shutdown()

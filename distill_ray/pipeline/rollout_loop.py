@@ -27,10 +27,10 @@ from distill_ray.batch import RolloutBatch
 from distill_ray.config import Config, RolloutAutoscaleConfig
 from distill_ray.data.encoding import Encoded
 from distill_ray.errors import DistillError
-from distill_ray.pipeline.placement import check_rollout_actor_fits
+from distill_ray.resources import check_rollout_actor_fits
 from distill_ray.pipeline.sources import DataPosition, PromptStream
 from distill_ray.rollout.sampling import SamplingConfig
-from distill_ray.rollout.workers import EngineConfig, SwitchParams, create_rollout_worker
+from distill_ray.rollout.workers import EngineConfig, SwitchParams, create_rollout_worker, create_teacher_scorer
 
 
 @dataclass
@@ -72,22 +72,27 @@ class RolloutPipeline:
         self.cfg, self.stream, self.switch = cfg, stream, switch
         self.ahead = requests_ahead(cfg)
         self.queue = Queue(maxsize=max(cfg.rollout.queue_size, self.ahead + 1), actor_options={"num_cpus": 0})
-        self._engine = EngineConfig(
-            backend=cfg.rollout.backend,
-            dtype=cfg.model.dtype,
-            eos_token_id=eos_id,
-            pad_token_id=pad_id,
-            torch_threads=max(1, int(cfg.rollout.num_cpus_per_worker)),
-        )
+        self._engine = EngineConfig.of_run(cfg, eos_id, pad_id)
         self._switch_params = SwitchParams(
             tau0=cfg.method.switch.tau0, decay=cfg.method.switch.decay, draft_tokens=cfg.method.switch.draft_tokens,
-            adaptive=cfg.method.switch.adaptive_draft,
+            adaptive=cfg.method.switch.adaptive_draft, topk=cfg.method.switch.topk,
         )
         rc = cfg.rollout
         check_rollout_actor_fits(cfg, "a rollout worker")  # Ray would wait forever for a worker no node can hold
+        # SWITCH on vLLM: the student drafts in each worker, one vLLM teacher scorer checks the drafts'
+        # top-k (rollout/switch_topk.py); on torch each worker holds the teacher itself (exact SWITCH)
+        self.teacher_scorers = []
+        if switch and rc.backend == "vllm":
+            check_rollout_actor_fits(cfg, "SWITCH's teacher scorer")
+            self.teacher_scorers = [create_teacher_scorer(
+                cfg.model.teacher, engine=self._engine, num_cpus=rc.num_cpus_per_worker,
+                num_gpus=rc.num_gpus_per_worker, resources=cfg.cluster.rollout_resources or None,
+            )]
         # rollout.fault_exit_on_call (TEST ONLY) arms worker 0 alone; replacements never carry it
         self.workers = [self._new_worker(cfg.rollout.fault_exit_on_call if i == 0 else 0) for i in range(cfg.rollout.num_workers)]
         self._ready = [w.ready.remote() for w in self.workers]
+        self._scorers_ready = [t.ready.remote() for t in self.teacher_scorers]
+        self.scorer_placement: list = []  # what each teacher scorer runs (after wait_ready)
         self._placement: list | None = None
         self._next_worker = itertools.cycle(range(len(self.workers)))
         self._requests: dict[int, _Request] = {}  # in flight, by id
@@ -106,6 +111,7 @@ class RolloutPipeline:
     def wait_ready(self) -> list:
         """Block until every worker has built its engine (a build error is raised here); where each one runs."""
         if self._placement is None:
+            self.scorer_placement = ray.get(self._scorers_ready)
             self._placement = ray.get(self._ready)
         return self._placement
 
@@ -118,7 +124,8 @@ class RolloutPipeline:
         return create_rollout_worker(
             self.cfg.model.student,
             engine=self._engine,
-            teacher=self.cfg.model.teacher if self.switch else None,
+            teacher=self.cfg.model.teacher if self.switch and not self.teacher_scorers else None,
+            teacher_scorer=self.teacher_scorers[0] if self.teacher_scorers else None,
             switch=self._switch_params if self.switch else None,
             num_cpus=rc.num_cpus_per_worker,
             num_gpus=rc.num_gpus_per_worker,
@@ -205,7 +212,7 @@ class RolloutPipeline:
                     self._recover(failure)
                 continue
             batch: RolloutBatch = item
-            request = self._requests.pop(int(batch.metrics.pop("request_id")), None)
+            request = self._requests.pop(batch.request_id, None)
             if request is None:
                 # a worker that queued this batch and then died had its request sent again, and the
                 # copy already arrived: train on one of the two only
@@ -283,7 +290,7 @@ class RolloutPipeline:
         refs = [r.ref for r in self._requests.values() if r.ref is not None]
         if refs:
             ray.wait(refs, num_returns=len(refs), timeout=30)
-        for w in self.workers:
+        for w in self.workers + self.teacher_scorers:
             ray.kill(w)
         self.queue.shutdown()
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from distill_ray.batch import RolloutBatch
 from distill_ray.config import Config
-from distill_ray.pipeline.placement import check_rollout_actor_fits
+from distill_ray.resources import check_rollout_actor_fits
 
 
 class TeacherSource(Protocol):
@@ -38,8 +38,7 @@ class TeacherScorers:
         from distill_ray.rollout.workers import EngineConfig, create_teacher_scorer
 
         self.k = cfg.loss.topk
-        engine = EngineConfig(backend=cfg.rollout.backend, dtype=cfg.model.dtype,
-                              torch_threads=max(1, int(cfg.rollout.num_cpus_per_worker)))
+        engine = EngineConfig.of_run(cfg)
         check_rollout_actor_fits(cfg, "a teacher scorer")
         self.actors = [
             create_teacher_scorer(cfg.model.teacher, engine=engine, num_cpus=cfg.rollout.num_cpus_per_worker,

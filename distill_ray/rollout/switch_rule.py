@@ -12,9 +12,10 @@ import math
 
 import torch
 
-from distill_ray.losses.divergences import per_token_divergence_from_logprobs
+from distill_ray.losses.divergences import DivergenceSpec, per_token_divergence_from_logprobs
 
 LN2 = math.log(2.0)
+SYMMETRIC_JSD = DivergenceSpec(kind="jsd", beta=0.5)
 
 
 def jsd_from_logprobs(teacher_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
@@ -28,7 +29,7 @@ def jsd_from_logprobs(teacher_logp: torch.Tensor, student_logp: torch.Tensor) ->
     (~1e-8 in float32) would otherwise hand every late token of identical models to the teacher.
     """
     dtype = torch.promote_types(teacher_logp.dtype, torch.float32)
-    d = per_token_divergence_from_logprobs(teacher_logp.to(dtype), student_logp.to(dtype), "jsd", beta=0.5)
+    d = per_token_divergence_from_logprobs(teacher_logp.to(dtype), student_logp.to(dtype), SYMMETRIC_JSD)
     return d.clamp(min=0.0, max=LN2)
 
 

@@ -24,9 +24,7 @@ only `VllmEngine.load_weights` would change.
 
 from __future__ import annotations
 
-import hashlib
-
-import torch
+from distill_ray.rollout.weights import weights_digest
 
 
 class WeightSyncExtension:
@@ -42,10 +40,4 @@ class WeightSyncExtension:
 
     def weights_fingerprint(self) -> str:
         """A short hash of every parameter as the worker holds it (to check that a reload took)."""
-        model = self.model_runner.get_model()
-        digest = hashlib.sha256()
-        with torch.no_grad():
-            for name, param in sorted(model.named_parameters()):
-                digest.update(name.encode())
-                digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return weights_digest(self.model_runner.get_model().named_parameters())

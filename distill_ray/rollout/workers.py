@@ -24,6 +24,7 @@ from distill_ray.batch import RolloutBatch
 from distill_ray.errors import DistillError
 from distill_ray.rollout.engines import TorchEngine, VllmEngine
 from distill_ray.rollout.sampling import SamplingConfig
+from distill_ray.rollout.weights import weights_digest
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,15 @@ class EngineConfig:
     def __post_init__(self):
         if self.backend not in ("torch", "vllm"):
             raise DistillError(f"rollout.backend: unknown backend {self.backend!r}; choose torch or vllm")
+
+    @classmethod
+    def of_run(cls, cfg, eos_token_id: int | None = None, pad_token_id: int = 0) -> "EngineConfig":
+        """The engine every actor of a run builds (rollout workers, seqkd's teacher workers,
+        teacher scorers): the run's backend and dtype, one torch thread per CPU the actor holds.
+        cfg: the run's `config.Config`."""
+        return cls(backend=cfg.rollout.backend, dtype=cfg.model.dtype, eos_token_id=eos_token_id,
+                   pad_token_id=pad_token_id, torch_threads=max(1, int(cfg.rollout.num_cpus_per_worker)),
+                   vllm_max_logprobs=max(64, cfg.loss.topk, cfg.method.switch.topk))
 
 
 def build_engine(model: str, config: EngineConfig) -> TorchEngine | VllmEngine:
@@ -217,13 +227,13 @@ class RolloutWorker:
     def generate_into(self, queue, request_id: int, prompts: list[list[int]], prompt_index: list[int],
                       sampling: SamplingConfig, switch: bool = False) -> int:
         """Generate (SWITCH when `switch`) and put the batch into `queue` (a ray.util.queue.Queue),
-        tagged with `request_id` in its metrics; returns the request id. The worker puts its own
+        tagged with `request_id`; returns the request id. The worker puts its own
         batches in the order it made them, so the queue is FIFO per worker."""
         batch = (self.generate_switch if switch else self.generate)(prompts, prompt_index, sampling)
         self._calls += 1
         if self._calls == self._exit_on_call:
             os._exit(1)  # a crash inside the call: no exception, no cleanup, the work is lost
-        batch.metrics["request_id"] = float(request_id)
+        batch.request_id = request_id
         queue.put(batch)
         return request_id
 
@@ -263,13 +273,7 @@ class RolloutWorker:
         """A hash of the weights the engine generates with (vLLM: as its worker holds them)."""
         if isinstance(self.engine, VllmEngine):
             return self.engine.weights_fingerprint()
-        import hashlib
-
-        digest = hashlib.sha256()
-        for name, param in sorted(self.engine.model.named_parameters()):
-            digest.update(name.encode())
-            digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return weights_digest(self.engine.model.named_parameters())
 
 
 # ====================================================================== TeacherScorer

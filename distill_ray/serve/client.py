@@ -20,7 +20,8 @@ import torch
 
 from distill_ray.batch import RolloutBatch
 from distill_ray.errors import DistillError
-from distill_ray.serve.common import TOKEN_ENV
+
+TOKEN_ENV = "DISTILL_RAY_SERVE_TOKEN"  # the bearer token: the client sends it, an app with `auth: token` checks it
 
 
 class TeacherEndpointClient:

@@ -29,8 +29,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distill_ray.errors import DistillError
+from distill_ray.serve.client import TOKEN_ENV  # the bearer token, when an app's `auth_token` is not given
 
-TOKEN_ENV = "DISTILL_RAY_SERVE_TOKEN"  # the bearer token, when an app's `auth_token` is not given
 AuthMode = Literal["auto", "token", "none"]  # an app's `auth` arg (see resolve_auth)
 
 

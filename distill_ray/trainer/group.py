@@ -61,7 +61,7 @@ class TrainerGroup:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from distill_ray.pipeline.placement import actor_request, check_bundles_fit
+        from distill_ray.resources import actor_request, check_bundles_fit
 
         tc = cfg.trainer
         self.cfg, self.num_ranks = cfg, tc.num_workers
@@ -149,12 +149,6 @@ class TrainerGroup:
         import ray
 
         return ray.get([r.student_state_safetensors.remote() for r in self.ranks])[0]
-
-    def online_module_safetensors(self) -> bytes | None:
-        """The OKD adapter's weights (PEFT names) as safetensors bytes; None for other methods."""
-        import ray
-
-        return ray.get(self.ranks[0].online_module_safetensors.remote())
 
     def teacher_merged_safetensors(self) -> bytes | None:
         """The OKD-adapted teacher layers (module merged in, HF names) as safetensors bytes; None without okd."""

@@ -14,14 +14,12 @@ Each rank holds:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
 import shutil
 import socket
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -31,10 +29,11 @@ import torch
 from distill_ray.batch import RolloutBatch
 from distill_ray.config import from_dict
 from distill_ray.errors import DistillError
-from distill_ray.fsutil import replace_dir, staging_dir
+from distill_ray.fsutil import replace_dir, written_dir
 from distill_ray.methods import method_spec
 from distill_ray.models.build import DTYPES
-from distill_ray.models.online import OnlineModule
+from distill_ray.models.online import OnlineModule, merged_layer_weights
+from distill_ray.rollout.weights import state_dict_to_bytes, weights_digest
 from distill_ray.trainer.checkpoints import CLIENT_STATE, write_manifest
 from distill_ray.trainer.deepspeed_config import (
     student_deepspeed_config,
@@ -53,15 +52,6 @@ from distill_ray.trainer.step import (
 )
 
 DEEPSPEED_TAG = "deepspeed"  # sub-directory of a checkpoint holding DeepSpeed's own files
-
-
-def weights_digest(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """A short hash of named tensors' values (in name order), to compare weights across processes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(named_tensors, key=lambda item: item[0]):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _causal_config(model: torch.nn.Module):
@@ -321,25 +311,12 @@ class TrainerRank:
 
     def student_state_safetensors(self) -> bytes | None:
         """Rank 0: the full student as safetensors bytes (HF names); other ranks: None."""
-        from distill_ray.rollout.weights import state_dict_to_bytes
-
         state = self._full_student_state()
         return state_dict_to_bytes(state) if state is not None else None
-
-    def online_module_safetensors(self) -> bytes | None:
-        """Rank 0: the OKD adapter's weights as safetensors bytes (PEFT names); None without one."""
-        from distill_ray.rollout.weights import state_dict_to_bytes
-
-        if self.online is None or self.rank != 0:
-            return None
-        return state_dict_to_bytes(self.online.state_dict())
 
     def teacher_merged_safetensors(self) -> bytes | None:
         """Rank 0: the teacher's adapted layers with the OKD module merged in (HF names), for a
         rollout worker's plain teacher copy; None elsewhere or without a module."""
-        from distill_ray.models.online import merged_layer_weights
-        from distill_ray.rollout.weights import state_dict_to_bytes
-
         if self.online is None or self.rank != 0:
             return None
         return state_dict_to_bytes(merged_layer_weights(self.online.teacher))
@@ -349,13 +326,10 @@ class TrainerRank:
         state = self._full_student_state()
         if self.rank != 0:
             return None
-        final = Path(directory)
-        tmp = staging_dir(final)
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.engine.module.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
-        self.tokenizer.save_pretrained(str(tmp))
-        replace_dir(tmp, final)
-        return str(final)
+        with written_dir(Path(directory)) as tmp:
+            self.engine.module.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(str(tmp))
+        return str(directory)
 
     def fingerprints(self) -> dict[str, str]:
         """Hashes of this rank's full student, teacher base weights and online module.

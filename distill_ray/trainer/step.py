@@ -1,7 +1,7 @@
 """What one trainer rank computes on one micro-batch: the model outputs at response positions,
 and each method's loss from them. Pure functions over tensors and models; no Ray, no DeepSpeed.
 
-    spec = LossSpec.from_config(cfg, vocab_size=None)
+    spec = LossSpec.from_config(cfg, vocab_size=None)           # method, DivergenceSpec, CE weight, ...
     targets = ResponseTargets.from_batch(micro)                 # labels, mask [B, R]
     student = response_output(student_model, micro, chunked=False)
     teacher = response_output(teacher_model, micro, chunked=False)   # under no_grad unless okd
@@ -9,7 +9,7 @@ and each method's loss from them. Pure functions over tensors and models; no Ray
     terms.student.backward()
 
 Methods differ in where their sequences come from (the driver's business) and in which loss
-applies (this file):
+applies (this file; the in-process trainer, `trainer/in_process.py`, computes the same `student_loss`):
 
     sft, seqkd         CE of the student on the response tokens
     kd, sgo, switch    D(teacher, student) (+ ce_weight * CE on dataset rows)
@@ -23,15 +23,16 @@ teacher top-k log-probabilities a remote scorer put in the batch (sparse).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from distill_ray.batch import RolloutBatch
-from distill_ray.config import Config
+from distill_ray.config import Config, LossConfig
 from distill_ray.errors import DistillError
 from distill_ray.losses.chunked import chunked_divergence
-from distill_ray.losses.divergences import IGNORE_INDEX, divergence, masked_reduce, per_token_cross_entropy
+from distill_ray.losses.divergences import IGNORE_INDEX, DivergenceSpec, divergence, masked_cross_entropy
 from distill_ray.losses.okd import okd_module_loss, okd_module_loss_chunked
 from distill_ray.losses.sparse import sparse_divergence
 from distill_ray.methods import METHODS
@@ -42,30 +43,27 @@ class LossSpec:
     """Everything about the loss that is not a tensor, read once from the run config."""
 
     method: str  # sft | kd | seqkd | sgo | switch | okd
-    divergence: str  # D(teacher, student)
-    temperature: float
-    beta: float  # jsd mixing weight
-    alpha: float  # skew KL mixing weight
-    ce_weight: float  # weight of CE on dataset responses next to D
-    chunk_size: int  # tokens per chunk of the chunked loss
-    module_divergence: str = "reverse_kl"  # okd: D'(student, teacher) in the module's loss
+    divergence: DivergenceSpec = DivergenceSpec()  # D(teacher, student), with the shared vocabulary size
+    ce_weight: float = 0.0  # weight of CE on dataset responses next to D
+    chunk_size: int = 256  # tokens per chunk of the chunked loss
+    module_divergence: DivergenceSpec = DivergenceSpec(kind="reverse_kl")  # okd: D'(student, teacher) in the module's loss
     module_beta: float = 1.0  # okd: weight of D' in the module's loss
-    vocab_size: int | None = None  # shared tokenizer size when the output layers differ in rows
+
+    @classmethod
+    def of(cls, method: str, loss: LossConfig, vocab_size: int | None = None,
+           module_divergence: str = "reverse_kl", module_beta: float = 1.0) -> "LossSpec":
+        d = DivergenceSpec(kind=loss.divergence, temperature=loss.temperature, beta=loss.beta, alpha=loss.alpha,
+                           vocab_size=vocab_size)
+        return cls(method=method, divergence=d, ce_weight=loss.ce_weight, chunk_size=loss.chunk_size,
+                   module_divergence=dataclasses.replace(d, kind=module_divergence), module_beta=module_beta)
 
     @classmethod
     def from_config(cls, cfg: Config, vocab_size: int | None = None) -> "LossSpec":
-        return cls(
-            method=cfg.method.name,
-            divergence=cfg.loss.divergence,
-            temperature=cfg.loss.temperature,
-            beta=cfg.loss.beta,
-            alpha=cfg.loss.alpha,
-            ce_weight=cfg.loss.ce_weight,
-            chunk_size=cfg.loss.chunk_size,
-            module_divergence=cfg.method.okd.module_divergence,
-            module_beta=cfg.method.okd.module_beta,
-            vocab_size=vocab_size,
-        )
+        return cls.of(cfg.method.name, cfg.loss, vocab_size, cfg.method.okd.module_divergence, cfg.method.okd.module_beta)
+
+    @property
+    def vocab_size(self) -> int | None:  # the shared tokenizer's size when the output layers differ in rows
+        return self.divergence.vocab_size
 
     @property
     def uses_teacher(self) -> bool:
@@ -76,7 +74,7 @@ class LossSpec:
 class ResponseTargets:
     """The response tokens of a micro-batch as loss targets."""
 
-    labels: torch.Tensor  # [B, R] int64, IGNORE_INDEX on padding
+    labels: torch.Tensor  # [B, R] int64, IGNORE_INDEX on padding (labels[:, t]: what the output at t predicts)
     mask: torch.Tensor  # [B, R] bool, True on real response tokens
     from_dataset: bool  # dataset rows (policy_version < 0), not sequences a policy generated
 
@@ -85,6 +83,13 @@ class ResponseTargets:
         mask = batch.response_mask.bool()
         labels = batch.response_ids.masked_fill(~mask, IGNORE_INDEX)
         return cls(labels=labels, mask=mask, from_dataset=batch.policy_version < 0)
+
+    @classmethod
+    def from_sequences(cls, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> "ResponseTargets":
+        """Dataset rows as whole right-padded sequences (`data.encoding.collate_for_training`):
+        the targets of outputs [:, :-1] (position t predicts input_ids[:, t + 1])."""
+        mask = loss_mask[:, :-1].bool()
+        return cls(labels=input_ids[:, 1:].masked_fill(~mask, IGNORE_INDEX), mask=mask, from_dataset=True)
 
     @property
     def tokens(self) -> int:
@@ -138,13 +143,6 @@ def response_output(model: torch.nn.Module, batch: RolloutBatch, *, chunked: boo
     return ModelOutput(hidden=hidden[:, P - 1 : P - 1 + R], head=lm.get_output_embeddings().weight)
 
 
-def masked_cross_entropy(logits: torch.Tensor, targets: ResponseTargets, vocab_size: int | None) -> torch.Tensor:
-    """Mean -log q(y) over the response tokens; logits [B, R, V]. 0 for an all-padding batch."""
-    if vocab_size is not None:
-        logits = logits[..., :vocab_size]
-    return masked_reduce(per_token_cross_entropy(logits, targets.labels), targets.mask)
-
-
 def student_loss(
     spec: LossSpec,
     targets: ResponseTargets,
@@ -161,46 +159,42 @@ def student_loss(
     own samples, which is not what the config's ce_weight asks for.
     """
     if not spec.uses_teacher:
-        ce = masked_cross_entropy(student.logits, targets, spec.vocab_size)
+        ce = masked_cross_entropy(student.logits, targets.labels, targets.mask, spec.vocab_size)
         return ce, {"loss/ce": float(ce.detach())}
     use_ce = spec.ce_weight > 0 and targets.from_dataset
-    common = dict(kind=spec.divergence, temperature=spec.temperature, beta=spec.beta, alpha=spec.alpha, vocab_size=spec.vocab_size)
     if student.hidden is not None:
         if teacher is None or teacher.hidden is None:
             raise DistillError("trainer: the chunked loss needs the teacher's hidden states and output layer")
         loss = chunked_divergence(
             student.hidden, student.head, teacher.hidden.detach(), teacher.head.detach(), targets.mask,
-            chunk_size=spec.chunk_size, labels=targets.labels if use_ce else None,
-            ce_weight=spec.ce_weight if use_ce else 0.0, **common,
+            spec.divergence, chunk_size=spec.chunk_size, labels=targets.labels if use_ce else None,
+            ce_weight=spec.ce_weight if use_ce else 0.0,
         )
         # the chunked loss returns D + w * CE as one number; splitting it would cost a second pass
         return loss, ({"loss/divergence": float(loss.detach())} if not use_ce else {})
     if topk is not None:
-        div = sparse_divergence(topk[0], topk[1], student.logits, targets.mask, **common)
+        div = sparse_divergence(topk[0], topk[1], student.logits, targets.mask, spec.divergence)
     elif teacher is not None and teacher.logits is not None:
-        div = divergence(teacher.logits.detach(), student.logits, targets.mask, **common)
+        div = divergence(teacher.logits.detach(), student.logits, targets.mask, spec.divergence)
     else:
         raise DistillError(f"trainer: method {spec.method} needs teacher logits or teacher top-k log-probabilities")
     metrics = {"loss/divergence": float(div.detach())}
     if not use_ce:
         return div, metrics
-    ce = masked_cross_entropy(student.logits, targets, spec.vocab_size)
+    ce = masked_cross_entropy(student.logits, targets.labels, targets.mask, spec.vocab_size)
     metrics["loss/ce"] = float(ce.detach())
     return div + spec.ce_weight * ce, metrics
 
 
 def module_loss(spec: LossSpec, targets: ResponseTargets, student: ModelOutput, teacher: ModelOutput) -> torch.Tensor:
     """OKD's online-module loss CE(y, p_T) + module_beta * D'(q_S.detach(), p_T); reaches the teacher only."""
-    common = dict(
-        kind=spec.module_divergence, module_weight=spec.module_beta, temperature=spec.temperature,
-        beta=spec.beta, alpha=spec.alpha, vocab_size=spec.vocab_size,
-    )
     if teacher.hidden is not None:
         return okd_module_loss_chunked(
             student.hidden, student.head, teacher.hidden, teacher.head, targets.labels, targets.mask,
-            chunk_size=spec.chunk_size, **common,
+            spec.module_divergence, module_weight=spec.module_beta, chunk_size=spec.chunk_size,
         )
-    return okd_module_loss(teacher.logits, student.logits, targets.labels, targets.mask, **common)
+    return okd_module_loss(teacher.logits, student.logits, targets.labels, targets.mask, spec.module_divergence,
+                           module_weight=spec.module_beta)
 
 
 def micro_batch_loss(

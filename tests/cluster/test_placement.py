@@ -6,7 +6,7 @@ import pytest
 
 from distill_ray.config import load_config
 from distill_ray.errors import DistillError
-from distill_ray.pipeline.placement import actor_request, unplaceable
+from distill_ray.resources import actor_request, unplaceable
 
 # the layout `cluster/local.sh up` starts: a head without CPUs, a rollout node, a trainer node
 NODES = [

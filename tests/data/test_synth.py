@@ -2,7 +2,7 @@ import random
 from collections import Counter
 
 from distill_ray.data import synth
-from distill_ray.eval.metrics import LENGTH_BUCKETS
+from distill_ray.eval.scores import LENGTH_BUCKETS
 
 
 def test_splits_are_disjoint_deterministic_and_spread_in_length():

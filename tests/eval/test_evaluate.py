@@ -14,7 +14,7 @@ from distill_ray.config import DataConfig
 from distill_ray.data.encoding import decode_text, normal_form
 from distill_ray.data.prepare import prepare_split
 from distill_ray.eval.evaluate import evaluate_model
-from distill_ray.eval.metrics import Scored, exact_match
+from distill_ray.eval.scores import Scored, exact_match
 from distill_ray.models.build import ModelShape, build_causal_lm
 from distill_ray.models.tokenizer import load_tokenizer
 

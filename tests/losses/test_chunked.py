@@ -10,10 +10,9 @@ from distill_ray.losses.chunked import chunked_divergence
 from distill_ray.losses.divergences import (
     DIVERGENCES,
     IGNORE_INDEX,
-    REDUCTIONS,
+    DivergenceSpec,
     divergence,
-    masked_reduce,
-    per_token_cross_entropy,
+    masked_cross_entropy,
 )
 
 
@@ -37,13 +36,7 @@ def dense_loss(x, mask=None, vocab_size=None, labels=None, ce_weight=0.0, **kw):
     s_logits = x["student_hidden"] @ x["student_weight"].T
     loss = divergence(t_logits, s_logits, mask, vocab_size=vocab_size, **kw)
     if labels is not None and ce_weight:
-        v = vocab_size or s_logits.shape[-1]
-        has_target = labels != IGNORE_INDEX
-        if mask is not None:
-            has_target &= mask.bool()
-        reduction = kw.get("reduction", "token_mean")
-        ce = masked_reduce(per_token_cross_entropy(s_logits[..., :v], labels), has_target, reduction)
-        loss = loss + ce_weight * ce
+        loss = loss + ce_weight * masked_cross_entropy(s_logits, labels, mask, vocab_size)
     return loss
 
 
@@ -59,11 +52,10 @@ MASK = torch.tensor([[1, 1, 1, 0, 1, 0, 0], [0, 0, 1, 1, 1, 1, 1]], dtype=torch.
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 64])
-@pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("kind", DIVERGENCES)
-def test_chunked_equals_unchunked(kind, reduction, chunk_size):
+def test_chunked_equals_unchunked(kind, chunk_size):
     x = make_inputs(seed=1)
-    kw = dict(kind=kind, temperature=1.3, reduction=reduction)
+    kw = dict(kind=kind, temperature=1.3)
     assert_same(x, chunked_divergence(**x, mask=MASK, chunk_size=chunk_size, **kw), dense_loss(x, MASK, **kw))
 
 
@@ -92,16 +84,19 @@ def test_teacher_side_gradients_when_the_teacher_trains(kind):
     assert_same(x, chunked_divergence(**x, mask=MASK, kind=kind, chunk_size=2), dense_loss(x, MASK, kind=kind))
 
 
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_cross_entropy_term(reduction):
+def test_cross_entropy_term():
     x = make_inputs(seed=5)
     labels = torch.randint(0, 29, (2, 7), generator=torch.Generator().manual_seed(0))
     labels[0, 1] = IGNORE_INDEX
     labels[1, 4] = IGNORE_INDEX
-    kw = dict(kind="reverse_kl", reduction=reduction, labels=labels, ce_weight=0.5)
+    kw = dict(kind="reverse_kl", labels=labels, ce_weight=0.5)
     assert_same(x, chunked_divergence(**x, mask=MASK, chunk_size=3, **kw), dense_loss(x, MASK, **kw))
     # divergence_weight=0 leaves plain CE
     ce_only = chunked_divergence(**x, mask=MASK, labels=labels, ce_weight=1.0, divergence_weight=0.0)
+    # the settings as one DivergenceSpec are the same loss
+    spec = DivergenceSpec(kind="reverse_kl")
+    torch.testing.assert_close(chunked_divergence(**x, mask=MASK, spec=spec, chunk_size=3, labels=labels, ce_weight=0.5),
+                               chunked_divergence(**x, mask=MASK, chunk_size=3, **kw), atol=0, rtol=0)
     dense_ce = dense_loss(x, MASK, labels=labels, ce_weight=1.0) - dense_loss(x, MASK)
     torch.testing.assert_close(ce_only, dense_ce, atol=1e-10, rtol=0)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from distill_ray.errors import DistillError
-from distill_ray.losses.okd import okd_module_loss, okd_student_loss
+from distill_ray.losses.divergences import divergence, masked_cross_entropy
+from distill_ray.losses.okd import okd_module_loss
 from distill_ray.models.build import ModelShape, build_causal_lm
 from distill_ray.models.online import (
     attach_online_module,
@@ -94,11 +95,12 @@ def okd_steps(model, student, ids, steps):
     for step in range(steps):
         t_logits = model(ids).logits[:, :-1]
         s_logits = student(ids).logits[:, :-1]
-        student_loss = okd_student_loss(t_logits, s_logits, mask, labels, kind="forward_kl", ce_weight=0.5)
+        # OKD's student loss is kd's: against the adapted teacher, detached
+        student_loss = divergence(t_logits.detach(), s_logits, mask, kind="forward_kl") + 0.5 * masked_cross_entropy(s_logits, labels, mask)
         module_loss = okd_module_loss(t_logits, s_logits, labels, mask, kind="reverse_kl", module_weight=1.0)
         student_opt.zero_grad()
         module_opt.zero_grad()
-        (student_loss + module_loss).backward()  # each loss detaches the other side itself
+        (student_loss + module_loss).backward()  # the module loss detaches the student itself
         student_opt.step()
         if should_update_module(step, 1):
             module_opt.step()

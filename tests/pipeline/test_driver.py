@@ -212,19 +212,30 @@ def test_resume_continues_where_the_run_stopped(runs, resumed, ray_local):
 
 @pytest.mark.vllm
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
-def test_sgo_on_vllm_rollout_workers_and_the_export_loads_in_vllm(ray_local, tiny_local, tmp_path_factory, fixed_rows):
+def test_switch_on_vllm_rollout_workers_and_the_export_loads_in_vllm(ray_local, tiny_local, tmp_path_factory, fixed_rows):
+    """SWITCH with vLLM engines end to end: the student drafts in a vLLM rollout worker, a vLLM
+    teacher scorer checks the drafts' top-k (rollout/switch_topk.py), weights reload in place.
+    (sgo on vLLM runs in tests/pipeline/test_real_pair.py, on the real pair.)"""
     from distill_ray.rollout.engines import TorchEngine
     from distill_ray.rollout.sampling import SamplingConfig
     from distill_ray.rollout.workers import EngineConfig, create_rollout_worker
 
-    out = tmp_path_factory.mktemp("sgo_vllm")
-    cfg = make_cfg(tiny_local, out, "sgo", rollout__backend="vllm", rollout__max_staleness=1)
-    cfg.trainer.max_steps = 4
+    out = tmp_path_factory.mktemp("switch_vllm")
+    # the tiny models are near-uniform over their 700 tokens: a top-64 JSD would see almost none of
+    # their ~0.005 nats, so the rule takes the whole vocabulary (k = V: the exact JSD)
+    cfg = make_cfg(tiny_local, out, "switch", rollout__backend="vllm", rollout__max_staleness=1, switch__topk=700,
+                   **SWITCH_MIX)
+    cfg.trainer.num_workers = 1  # 1 rank + the worker + the teacher scorer: one CPU each
+    cfg.rollout.max_new_tokens = 12  # every draft round is a vLLM call on each side: keep the rounds few
     result = run(cfg, quiet=True)
     metrics = metrics_of(out)
+    assert result["steps"] == STEPS and all(math.isfinite(x) for x in result["losses"])
     assert result["placement"]["rollout"][0]["backend"] == "vllm"
+    assert len(result["placement"]["teacher"]) == 1  # the vLLM teacher scorer SWITCH checks with
     assert [m["policy_version"] for m in metrics][-1] >= 2  # reloaded in place as training went on
     assert "timing/weight_reload" in "".join(json.dumps(m) for m in metrics)
+    fractions = [m["switch/teacher_fraction"] for m in metrics]
+    assert all(0.0 <= f <= 1.0 for f in fractions) and 0.0 < sum(fractions) / len(fractions) < 1.0, fractions
 
     # the exported student loads in vLLM and gives the same log-probs as in transformers
     tokenizer = load_tokenizer(tiny_local["tokenizer"])

@@ -1,7 +1,7 @@
 """The distributed pipeline on the real pair: SmolLM2-135M-Instruct (imported GGUF) teaching a
 student pruned from it, on the teacher's own chat-templated answers (tests/conftest.py). Every
 method runs two steps through the driver on the session's Ray: kd, okd, seqkd, switch (torch
-rollout: SWITCH on vLLM is not built yet) on 1 DeepSpeed rank; sgo on 2 ranks with the pruned
+rollout, the exact rule; SWITCH on vLLM runs in tests/pipeline/test_driver.py) on 1 DeepSpeed rank; sgo on 2 ranks with the pruned
 student in a vLLM rollout worker (float32); and kd from a remote teacher (TeacherScorer on vLLM,
 top-k log-probabilities).
 What is checked: the run trains (finite losses, the student's weights move, on-policy methods

@@ -23,7 +23,7 @@ def test_jsd_matches_the_float64_formula():
     expected = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (q * (q / m).log()).sum(-1)
     torch.testing.assert_close(jsd_from_logprobs(lp, lq), expected, atol=1e-12, rtol=0)
     # the rollout rule and the training loss use the same JSD
-    torch.testing.assert_close(jsd_from_logprobs(lp, lq), per_token_divergence_from_logprobs(lp, lq, "jsd"))
+    torch.testing.assert_close(jsd_from_logprobs(lp, lq), per_token_divergence_from_logprobs(lp, lq, kind="jsd"))
 
 
 def test_jsd_bounds():

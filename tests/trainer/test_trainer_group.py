@@ -22,7 +22,7 @@ from distill_ray.models.tokenizer import load_tokenizer
 from distill_ray.pipeline.sources import dataset_batch
 from distill_ray.rollout.weights import bytes_to_state_dict
 from distill_ray.trainer.group import TrainerGroup
-from distill_ray.trainer.rank import weights_digest
+from distill_ray.rollout.weights import weights_digest
 from distill_ray.trainer.step import LossSpec, ResponseTargets, response_output, student_loss
 
 pytestmark = pytest.mark.slow
@@ -270,7 +270,6 @@ def okd_run(ray_local, tiny_local, fixed_batch, tmp_path_factory):
         rec["reports"], rec["initial"] = group.reports, group.fingerprints()
         rec["metrics"] = run_steps(group, fixed_batch, STEPS)
         rec["trained"] = group.fingerprints()
-        rec["module_blob"] = group.online_module_safetensors()
         checkpoint_then_continue(group, fixed_batch, out / "ckpt", rec)
     finally:
         group.shutdown()
@@ -291,8 +290,6 @@ def test_okd_trains_the_module_and_the_student_and_freezes_the_teacher(okd_run):
     module_losses = [m["loss/module"] for m in okd_run["metrics"]]
     assert module_losses[-1] < module_losses[0], module_losses
     assert all(r.online_module_parameters > 0 for r in okd_run["reports"])
-    weights = bytes_to_state_dict(okd_run["module_blob"])
-    assert weights and all("lora_" in name for name in weights)
 
 
 def test_okd_chunked_first_step_equals_dense_kd(okd_run, zero2_kd):

@@ -8,13 +8,13 @@ import torch
 from distill_ray.batch import RolloutBatch
 from distill_ray.config import Config, from_dict, to_dict
 from distill_ray.errors import DistillError
-from distill_ray.losses.divergences import divergence
+from distill_ray.losses.divergences import DivergenceSpec, divergence
 from distill_ray.models.build import ModelShape, build_causal_lm
 from distill_ray.models.online import attach_online_module
 from distill_ray.trainer.deepspeed_config import micro_batch_rows, student_deepspeed_config, teacher_deepspeed_config
 from distill_ray.trainer.group import merge_rank_metrics
 from distill_ray.trainer.options import RankOptions, teacher_mode
-from distill_ray.trainer.rank import weights_digest
+from distill_ray.rollout.weights import weights_digest
 from distill_ray.trainer.step import (
     LossSpec,
     ModelOutput,
@@ -51,10 +51,10 @@ def make_batch(policy_version: int = -1, seed: int = 0) -> RolloutBatch:
     )
 
 
-def spec(method="kd", **kw) -> LossSpec:
-    base = dict(method=method, divergence="forward_kl", temperature=1.0, beta=0.5, alpha=0.1, ce_weight=0.0, chunk_size=5)
-    base.update(kw)
-    return LossSpec(**base)
+def spec(method="kd", divergence="forward_kl", module_divergence="reverse_kl", **kw) -> LossSpec:
+    """A LossSpec with this module's defaults (chunk size 5) and the divergences named by kind."""
+    return LossSpec(method=method, divergence=DivergenceSpec(kind=divergence), chunk_size=5,
+                    module_divergence=DivergenceSpec(kind=module_divergence), **kw)
 
 
 def reference_response_logits(model, batch: RolloutBatch) -> torch.Tensor:
@@ -133,7 +133,7 @@ def test_kd_adds_ce_on_dataset_rows_only(models):
     with torch.no_grad():
         s, t = reference_response_logits(student, batch), reference_response_logits(teacher, batch)
     mask = batch.response_mask
-    d = divergence(t, s, mask, "forward_kl")
+    d = divergence(t, s, mask, kind="forward_kl")
     ce = torch.nn.functional.cross_entropy(s[mask], batch.response_ids[mask])
     loss, metrics = student_loss(spec(ce_weight=0.5), ResponseTargets.from_batch(batch), ModelOutput(logits=s), ModelOutput(logits=t))
     torch.testing.assert_close(loss, d + 0.5 * ce)

@@ -23,7 +23,7 @@ from distill_ray.data.loading import load_examples
 from distill_ray.models.build import ModelShape, build_causal_lm, count_parameters
 from distill_ray.models.tokenizer import train_tokenizer
 from distill_ray.progress import progress_bar
-from distill_ray.trainer.local import LocalTrainer
+from distill_ray.trainer.in_process import InProcessTrainer
 
 TEMPLATE = "Instruction: {prompt}\nResponse:"
 
@@ -97,7 +97,7 @@ def sft(model, tokenizer, encoded, steps: int, lr: float, batch_size: int, seed:
     curriculum): a short step costs a fraction of a full one, and a small model learns to copy
     and count on short rows first (the attention patterns it needs are the same at every length)."""
     cfg = TrainerConfig(lr=lr, max_steps=steps, warmup_steps=min(50, steps // 10), batch_size=batch_size, seed=seed)
-    trainer = LocalTrainer(model, cfg, method="sft")
+    trainer = InProcessTrainer(model, cfg, method="sft")
     short = [e for e in encoded if len(e.prompt_ids) + len(e.response_ids) <= short_tokens] if short_steps else []
     pool = short if short else encoded
     batches = batches_by_length(pool, batch_size, seed, window)

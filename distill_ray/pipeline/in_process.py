@@ -21,9 +21,9 @@ from distill_ray.errors import DistillError
 from distill_ray.eval.evaluate import evaluate_model, format_table, write_json
 from distill_ray.models.build import count_parameters, load_causal_lm
 from distill_ray.models.tokenizer import load_tokenizer
-from distill_ray.pipeline.metrics import MetricsLogger
+from distill_ray.pipeline.run_log import MetricsLogger
 from distill_ray.methods import METHODS
-from distill_ray.trainer.local import LocalTrainer
+from distill_ray.trainer.in_process import InProcessTrainer
 
 
 def export_model(model, tokenizer, out_dir: Path) -> None:
@@ -35,7 +35,7 @@ def export_model(model, tokenizer, out_dir: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def run_local(cfg: Config, quiet: bool = False) -> dict:
+def run_in_process(cfg: Config, quiet: bool = False) -> dict:
     check_config(cfg)
     method = cfg.method.name
     if not METHODS[method].in_process:
@@ -69,7 +69,7 @@ def run_local(cfg: Config, quiet: bool = False) -> dict:
             sizes += f", teacher {count_parameters(teacher) / 1e6:.2f}M"
         print(f"[train] method {method}: {sizes} parameters, {cfg.trainer.max_steps} steps", flush=True)
 
-    trainer = LocalTrainer(student, cfg.trainer, method=method, loss_cfg=cfg.loss, teacher=teacher)
+    trainer = InProcessTrainer(student, cfg.trainer, method=method, loss_cfg=cfg.loss, teacher=teacher)
     logger = MetricsLogger(out, cfg.logging, to_dict(cfg))
     batches = batches_by_length(train, cfg.trainer.batch_size, cfg.trainer.seed)
     t_start = time.perf_counter()

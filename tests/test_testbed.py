@@ -4,7 +4,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from distill_ray.models.build import ModelShape, count_parameters
-from distill_ray.models.local import LocalModelsSpec, init_local_models
+from distill_ray.testbed import LocalModelsSpec, init_local_models
 
 
 def test_local_models_load_as_plain_hf_directories(tiny_local):
@@ -37,7 +37,7 @@ def test_second_call_reuses_everything(tiny_local, capsys):
 
 
 def test_directories_record_the_recipe_so_old_builds_are_rebuilt(tiny_local, monkeypatch):
-    from distill_ray.models import local
+    from distill_ray import testbed as local
 
     marker = json.loads((Path(tiny_local["teacher"]) / "distill_ray_init.json").read_text())
     assert marker["recipe"] == local.RECIPE

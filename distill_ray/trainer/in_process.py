@@ -2,7 +2,8 @@
 
 Used by `distill-ray models init` (teacher SFT, student warm-up) and by `distill-ray train`
 for sft/kd when the distributed pipeline is not asked for. One optimizer step per call of
-`train_step`; gradient accumulation, clipping and the LR schedule as in TrainerConfig.
+`train_step`; gradient accumulation, clipping and the LR schedule as in TrainerConfig. The loss
+is the distributed trainer's own (`trainer/step.py` `student_loss`) on whole right-padded rows.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import torch
 
 from distill_ray.config import LossConfig, TrainerConfig
 from distill_ray.methods import METHODS
-from distill_ray.trainer.objective import distillation_loss, masked_cross_entropy
 from distill_ray.trainer.optim import lr_at
+from distill_ray.trainer.step import LossSpec, ModelOutput, ResponseTargets, student_loss
 
 
-class LocalTrainer:
+class InProcessTrainer:
     def __init__(
         self,
         student: torch.nn.Module,
@@ -29,12 +30,12 @@ class LocalTrainer:
     ):
         trainable = [name for name, m in METHODS.items() if not (m.rollouts or m.online_teacher)]
         if method not in trainable:
-            raise ValueError(f"LocalTrainer trains {', '.join(trainable)} (on the batches it is given), not {method!r}")
+            raise ValueError(f"InProcessTrainer trains {', '.join(trainable)} (on the batches it is given), not {method!r}")
         self.spec = METHODS[method]
         if self.spec.teacher_in_loss and teacher is None:
             raise ValueError(f"{method} needs a teacher")
         self.student, self.teacher, self.cfg, self.method = student, teacher, cfg, method
-        self.loss_cfg = loss_cfg or LossConfig()
+        self.loss = LossSpec.of(method, loss_cfg or LossConfig(), vocab_size=_shared_vocab(student, teacher))
         self.step = 0
         self.optimizer = torch.optim.AdamW(
             [p for p in student.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -43,13 +44,14 @@ class LocalTrainer:
             teacher.eval().requires_grad_(False)
 
     def _micro_loss(self, micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self.student(input_ids=micro["input_ids"], attention_mask=micro["attention_mask"])
-        if self.spec.ce_only:
-            loss = masked_cross_entropy(out.logits, micro["input_ids"], micro["loss_mask"])
-            return loss, {"loss/ce": float(loss.detach())}
-        with torch.no_grad():
-            t_logits = self.teacher(input_ids=micro["input_ids"], attention_mask=micro["attention_mask"]).logits
-        return distillation_loss(t_logits, out.logits, micro["input_ids"], micro["loss_mask"], self.loss_cfg)
+        targets = ResponseTargets.from_sequences(micro["input_ids"], micro["loss_mask"])
+        student = self.student(input_ids=micro["input_ids"], attention_mask=micro["attention_mask"]).logits
+        teacher = None
+        if self.spec.teacher_in_loss:
+            with torch.no_grad():
+                teacher = ModelOutput(logits=self.teacher(input_ids=micro["input_ids"],
+                                                          attention_mask=micro["attention_mask"]).logits[:, :-1])
+        return student_loss(self.loss, targets, ModelOutput(logits=student[:, :-1]), teacher)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimizer step on `batch` (split into grad_accum micro-batches). Returns metrics."""
@@ -84,3 +86,12 @@ class LocalTrainer:
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
         return metrics
+
+
+def _shared_vocab(student: torch.nn.Module, teacher: torch.nn.Module | None) -> int | None:
+    """The rows both output layers have, when they differ (output layers padded to different
+    multiples); None when they agree or there is no teacher."""
+    if teacher is None:
+        return None
+    rows = (student.get_output_embeddings().weight.shape[0], teacher.get_output_embeddings().weight.shape[0])
+    return min(rows) if rows[0] != rows[1] else None

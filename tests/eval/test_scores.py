@@ -1,6 +1,6 @@
 import pytest
 
-from distill_ray.eval.metrics import Scored, bucket_of, exact_match, rouge_l, summarize
+from distill_ray.eval.scores import Scored, bucket_of, exact_match, rouge_l, summarize
 
 
 def test_exact_match_and_rouge():
