@@ -106,6 +106,21 @@ def train_time(m: dict) -> float:
     return m["timing/step_total"] - m.get("timing/eval", 0.0) - m.get("timing/checkpoint", 0.0)
 
 
+def teacher_share_by_position(metrics: list[dict]) -> dict[str, float] | None:
+    """SWITCH: the teacher's share of the response tokens per position bucket over the whole run,
+    token-weighted (`switch/teacher_fraction/<bucket>` x `switch/tokens/<bucket>` of each step);
+    None for a run without SWITCH batches."""
+    written: dict[str, float] = {}
+    tokens: dict[str, float] = {}
+    for m in metrics:
+        for key, n in m.items():
+            if key.startswith("switch/tokens/"):
+                bucket = key.removeprefix("switch/tokens/")
+                tokens[bucket] = tokens.get(bucket, 0.0) + n
+                written[bucket] = written.get(bucket, 0.0) + n * m[f"switch/teacher_fraction/{bucket}"]
+    return {b: written[b] / tokens[b] for b in tokens} or None
+
+
 def summarize(metrics: list[dict], cores: int) -> dict:
     """One run: step times, tokens, the time breakdown and its validation curve (step 0 is added
     by the caller, which evaluates the warm-up student once for all runs)."""
@@ -129,6 +144,7 @@ def summarize(metrics: list[dict], cores: int) -> dict:
         # SWITCH: the share of response tokens the teacher wrote, over the batches trained on
         "switch_teacher_fraction": (statistics.fmean(fr) if (fr := [m["switch/teacher_fraction"] for m in metrics
                                                                      if "switch/teacher_fraction" in m]) else None),
+        "switch_teacher_fraction_by_position": teacher_share_by_position(metrics),
         "breakdown_seconds": breakdown,
         "rollout_busy_seconds": statistics.median(m.get("timing/generate", 0.0) for m in metrics),
         "validation": curve,
@@ -189,6 +205,11 @@ def aggregate(variant_runs: list[dict], warmup: float, target: float) -> dict:
         "on_policy_fraction": statistics.fmean(r["on_policy_fraction"] for r in variant_runs),
         "switch_teacher_fraction": (statistics.fmean(fr) if (fr := [r["switch_teacher_fraction"] for r in variant_runs
                                                                      if r.get("switch_teacher_fraction") is not None]) else None),
+        # the seeds' by-position shares, averaged per bucket over the seeds that reached it
+        "switch_teacher_fraction_by_position": (
+            {b: statistics.fmean(d[b] for d in by if b in d) for b in dict.fromkeys(k for d in by for k in d)}
+            if (by := [r["switch_teacher_fraction_by_position"] for r in variant_runs
+                       if r.get("switch_teacher_fraction_by_position")]) else None),
         "breakdown_seconds": {k: statistics.median(r["breakdown_seconds"][k] for r in variant_runs)
                               for k in variant_runs[0]["breakdown_seconds"]},
         "rollout_busy_seconds": statistics.median(r["rollout_busy_seconds"] for r in variant_runs),

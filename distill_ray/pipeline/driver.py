@@ -35,6 +35,7 @@ from distill_ray.pipeline.placement import format_placement, placement_report, w
 from distill_ray.pipeline.sources import DataPosition, PromptStream, dataset_batch
 from distill_ray.pipeline.teachers import open_teacher_source
 from distill_ray.resources import check_rollout_actor_fits, rollout_actor_request
+from distill_ray.rollout.switch_rule import teacher_fraction_by_bucket
 from distill_ray.trainer.checkpoints import drop_records_from, latest_good_checkpoint, prune_checkpoints, read_client_state
 
 
@@ -315,6 +316,8 @@ def _run(cfg: Config, resume: bool, quiet: bool, stop: StopOnSignal) -> dict:
             metrics = trainer.train_step(batch)
             metrics.update(extra)
             metrics.update({k: v for k, v in batch.metrics.items() if isinstance(v, (int, float))})
+            if on_policy and spec.switch:  # who wrote which part of the responses (issue 13: by position)
+                metrics.update(teacher_fraction_by_bucket(batch.writer_mask, batch.response_mask))
             metrics["policy_version"], metrics["trainer_version"] = float(batch.policy_version), float(version)
             metrics["on_policy"] = float(on_policy)
             metrics["rows"] = batch.prompt_index.tolist()  # which training rows this step saw (exactly-once accounting)

@@ -73,3 +73,26 @@ def teacher_fraction(writer_mask: torch.Tensor, response_mask: torch.Tensor) -> 
         for t in range(valid.shape[1])
     ]
     return {"overall": overall, "by_position": by_position}
+
+
+POSITION_BUCKETS = ((0, 8), (8, 32), (32, 128), (128, None))  # response positions [start, end)
+
+
+def _bucket_name(start: int, end: int | None) -> str:
+    return f"{start}-{end - 1}" if end is not None else f"{start}+"
+
+
+def teacher_fraction_by_bucket(writer_mask: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
+    """Metrics of one SWITCH batch by response position: `switch/teacher_fraction/<bucket>` (the
+    teacher's share of the bucket's tokens) and `switch/tokens/<bucket>` (how many there were, to
+    weight an average over steps), for the buckets of POSITION_BUCKETS that hold a token."""
+    valid = response_mask.bool()
+    teacher = writer_mask.bool() & valid
+    out: dict[str, float] = {}
+    for start, end in POSITION_BUCKETS:
+        tokens = int(valid[:, start:end].sum())
+        if tokens:
+            name = _bucket_name(start, end)
+            out[f"switch/teacher_fraction/{name}"] = float(teacher[:, start:end].sum()) / tokens
+            out[f"switch/tokens/{name}"] = float(tokens)
+    return out

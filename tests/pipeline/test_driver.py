@@ -138,6 +138,18 @@ def test_on_policy_methods_use_rollout_workers_and_offline_ones_do_not(runs):
         assert all(m["policy_version"] >= 0 and "timing/generate" in m for m in runs[name]["metrics"]), name
     for name in ("sft", "kd_zero3", "seqkd", "okd"):
         assert runs[name]["result"]["placement"]["rollout"] == [], name
+
+
+def test_switch_runs_log_the_teacher_share_by_response_position(runs):
+    for name in ("switch_async", "okd_switch"):
+        for m in runs[name]["metrics"]:
+            buckets = sorted(k.removeprefix("switch/tokens/") for k in m if k.startswith("switch/tokens/"))
+            assert buckets and "0-7" in buckets, (name, m)
+            # the buckets partition the response tokens, and their shares average to the overall one
+            assert sum(m[f"switch/tokens/{b}"] for b in buckets) == m["tokens/response"], (name, m)
+            weighted = sum(m[f"switch/teacher_fraction/{b}"] * m[f"switch/tokens/{b}"] for b in buckets)
+            assert weighted / m["tokens/response"] == pytest.approx(m["switch/teacher_fraction"], abs=1e-9), (name, m)
+    assert not any(k.startswith("switch/") for m in runs["sgo_sync"]["metrics"] for k in m)
         assert all(m["policy_version"] == -1 for m in runs[name]["metrics"]), name
 
 

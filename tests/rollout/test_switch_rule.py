@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from distill_ray.losses.divergences import per_token_divergence_from_logprobs
-from distill_ray.rollout.switch_rule import jsd_from_logprobs, switch_threshold, teacher_fraction, teacher_writes
+from distill_ray.rollout.switch_rule import (
+    jsd_from_logprobs,
+    switch_threshold,
+    teacher_fraction,
+    teacher_fraction_by_bucket,
+    teacher_writes,
+)
 
 
 def logprobs(*shape, scale=3.0, seed=0, dtype=torch.float64):
@@ -72,6 +78,20 @@ def test_teacher_fraction_overall_and_by_position():
     assert result["by_position"][3] is None
     empty = teacher_fraction(writer, torch.zeros(3, 4))
     assert empty["overall"] == 0.0 and empty["by_position"] == [None] * 4
+
+
+def test_teacher_fraction_by_position_bucket_counts_real_tokens_only():
+    writer = torch.zeros(2, 40, dtype=torch.bool)
+    writer[0, :8] = True  # the teacher wrote row 0's first bucket
+    writer[1, 30:40] = True  # and the tail of row 1 (past its end from 35: padding, not counted)
+    valid = torch.zeros(2, 40)
+    valid[0, :10], valid[1, :35] = 1, 1
+    m = teacher_fraction_by_bucket(writer, valid)
+    assert m == {
+        "switch/teacher_fraction/0-7": pytest.approx(8 / 16), "switch/tokens/0-7": 16.0,
+        "switch/teacher_fraction/8-31": pytest.approx(2 / 26), "switch/tokens/8-31": 26.0,
+        "switch/teacher_fraction/32-127": pytest.approx(3 / 3), "switch/tokens/32-127": 3.0,
+    }  # no token at 128+: no bucket
 
 
 def test_identical_models_never_hand_over_even_late_in_a_long_response():
