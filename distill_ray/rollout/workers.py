@@ -266,9 +266,6 @@ class RolloutWorker:
         self._reload_seconds = time.perf_counter() - start
         return self.engine.policy_version
 
-    def policy_version(self) -> int:
-        return self.engine.policy_version
-
     def weights_fingerprint(self) -> str:
         """A hash of the weights the engine generates with (vLLM: as its worker holds them)."""
         if isinstance(self.engine, VllmEngine):

@@ -54,7 +54,7 @@ def test_pipeline_grows_while_the_trainer_waits_and_shrinks_while_batches_wait(r
                 break
         assert pipe.active_workers == 2, seen
         # the new worker loaded the latest weights before generating
-        assert ray_local.get(pipe.workers[1].policy_version.remote(), timeout=120) == 3
+        assert ray_local.get(pipe.workers[1].ready.remote(), timeout=120)["policy_version"] == 3
         # a trainer slower than generation: a batch is always waiting when it asks
         for _ in range(12):
             deadline = time.time() + 120

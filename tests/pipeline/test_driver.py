@@ -138,6 +138,7 @@ def test_on_policy_methods_use_rollout_workers_and_offline_ones_do_not(runs):
         assert all(m["policy_version"] >= 0 and "timing/generate" in m for m in runs[name]["metrics"]), name
     for name in ("sft", "kd_zero3", "seqkd", "okd"):
         assert runs[name]["result"]["placement"]["rollout"] == [], name
+        assert all(m["policy_version"] == -1 for m in runs[name]["metrics"]), name
 
 
 def test_switch_runs_log_the_teacher_share_by_response_position(runs):
@@ -150,7 +151,6 @@ def test_switch_runs_log_the_teacher_share_by_response_position(runs):
             weighted = sum(m[f"switch/teacher_fraction/{b}"] * m[f"switch/tokens/{b}"] for b in buckets)
             assert weighted / m["tokens/response"] == pytest.approx(m["switch/teacher_fraction"], abs=1e-9), (name, m)
     assert not any(k.startswith("switch/") for m in runs["sgo_sync"]["metrics"] for k in m)
-        assert all(m["policy_version"] == -1 for m in runs[name]["metrics"]), name
 
 
 def test_switch_batches_mix_teacher_and_student_tokens(runs):
