@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import _common  # noqa: E402
 OUT = ROOT / "benchmarks" / "results" / "vllm_engine_start.json"
 MODES = {"spawned": "1", "in_process": "0"}
 
@@ -110,10 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "in_process_over_spawned_steady_batch": (summary["in_process"]["steady_batch_s"]["median"]
                                                  / summary["spawned"]["steady_batch_s"]["median"]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, args.out)
+    _common.write_result(args.out, result)
     print(f"\n{'mode':<12}{'build s (median; range)':>28}{'steady batch s (median; range)':>34}")
     for mode, s in summary.items():
         b, g = s["build_s"], s["steady_batch_s"]

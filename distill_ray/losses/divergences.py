@@ -66,6 +66,8 @@ class DivergenceSpec:
 
 def as_spec(spec: DivergenceSpec | None, settings: dict) -> DivergenceSpec:
     """`spec` (default: forward KL) with the keyword settings a caller gave instead of, or on top of, it."""
+    if not settings and spec is not None:  # the loss path's own calls: nothing to check or build
+        return spec
     unknown = set(settings) - {f.name for f in dataclasses.fields(DivergenceSpec)}
     if unknown:
         raise TypeError(f"divergence settings: unknown {sorted(unknown)}")
