@@ -55,6 +55,7 @@ class DataConfig:
     unrepresentable: Literal["error", "skip", "keep"] = "error"  # rows whose prompt or response the tokenizer cannot write (<unk> tokens, or decoding to other text than the tokenizer's own normalisation of it): stop with file:line (default: usually the wrong tokenizer for the data), skip them, or keep them (trained with <unk>, scored against their text); counted and reported either way
     max_rows: int | None = None  # use at most this many training rows (after shuffling); None: all
     shuffle_seed: int = 0  # seed of the deterministic shuffle of training rows
+    length_window: int = 0  # 0: every step's rows drawn at random; k: rows sorted by length within each window of k batches of an epoch's shuffled order, the batches then shuffled within it (less padding: every row still once per epoch, every length every few steps)
 
 
 @dataclass
@@ -480,7 +481,8 @@ def validate(cfg: Config, where: _Where) -> None:
     for key, value in (("trainer.keep_checkpoints", cfg.trainer.keep_checkpoints),
                        ("trainer.fail_after_step", cfg.trainer.fail_after_step),
                        ("trainer.fault_save_delay_s", cfg.trainer.fault_save_delay_s),
-                       ("rollout.fault_exit_on_call", cfg.rollout.fault_exit_on_call)):
+                       ("rollout.fault_exit_on_call", cfg.rollout.fault_exit_on_call),
+                       ("data.length_window", cfg.data.length_window)):
         if value < 0:
             raise DistillError(f"{where(key)}: must be >= 0, got {value}")
     spec = method_spec(cfg)

@@ -268,10 +268,12 @@ def _run(cfg: Config, resume: bool, quiet: bool, stop: StopOnSignal) -> dict:
     # the trainer ranks build (imports, process group, engines) while the rollout workers build
     trainer = TrainerGroup(cfg, wait=False)
     # dataset rows and rollout prompts come from two independent streams, so each resumes exactly
-    data_stream = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed, DataPosition(**positions.get("data", {})))
+    data_stream = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed, DataPosition(**positions.get("data", {})),
+                               cfg.data.length_window)
     rollout = None
     if spec.rollouts:
-        prompts = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed + 1, DataPosition(**positions.get("prompts", {})))
+        prompts = PromptStream(train, cfg.trainer.batch_size, cfg.trainer.seed + 1, DataPosition(**positions.get("prompts", {})),
+                              cfg.data.length_window)
         rollout = RolloutPipeline(cfg, prompts, pad_id, eos_id, switch=spec.switch, wait=False)
     # top-k from a teacher service, or from TeacherScorer actors (pipeline/teachers.py)
     scorers = open_teacher_source(cfg) if trainer.options.teacher_mode == "remote" else None

@@ -22,17 +22,40 @@ class DataPosition:
 
 
 class PromptStream:
-    """Training rows in a deterministic per-epoch order, `batch_size` at a time."""
+    """Training rows in a deterministic per-epoch order, `batch_size` at a time.
 
-    def __init__(self, rows: list[Encoded], batch_size: int, seed: int, position: DataPosition | None = None):
-        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+    length_window=k > 0 groups rows of similar length (data.length_window): the epoch's shuffled
+    order is cut into windows of k batches, each window sorted by row length (prompt + response)
+    and cut into batches, and those batches shuffled within their window. A batch then pads to
+    little more than its own rows' length, while every row still comes once per epoch and every
+    length range every k steps. The order is a function of (seed, epoch, k) only, so a resumed
+    run continues it exactly.
+    """
+
+    def __init__(self, rows: list[Encoded], batch_size: int, seed: int, position: DataPosition | None = None,
+                 length_window: int = 0):
+        self.rows, self.batch_size, self.seed, self.length_window = rows, batch_size, seed, length_window
         self.position = position or DataPosition()
         self._order = self._epoch_order(self.position.epoch)
 
     def _epoch_order(self, epoch: int) -> list[int]:
         order = list(range(len(self.rows)))
-        random.Random(self.seed * 100_003 + epoch).shuffle(order)
-        return order
+        rng = random.Random(self.seed * 100_003 + epoch)
+        rng.shuffle(order)
+        if self.length_window <= 0:
+            return order
+        span, bs = self.length_window * self.batch_size, self.batch_size
+        grouped: list[int] = []
+        for start in range(0, len(order), span):
+            window = sorted(order[start : start + span], key=self._length)
+            batches = [window[i : i + bs] for i in range(0, len(window), bs)]
+            full = [b for b in batches if len(b) == bs]
+            rng.shuffle(full)  # a short last batch stays last: batch boundaries stay at multiples of bs
+            grouped += [i for b in full + batches[len(full):] for i in b]
+        return grouped
+
+    def _length(self, i: int) -> int:
+        return len(self.rows[i].prompt_ids) + len(self.rows[i].response_ids)
 
     def next_rows(self) -> list[Encoded]:
         if self.position.offset + self.batch_size > len(self._order):
