@@ -6,9 +6,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import statistics
 from pathlib import Path
+
+# The training benchmarks' own settings, the same for every method, on top of the quickstart's
+# (a benchmark's --set wins):
+#   lr 1e-3        the student moves: at the quickstart's 3e-4 no method recovered more than 0.10
+#                  of the teacher/warm-up gap in 120 steps; at 1e-3 kd recovers about half in 400
+#   1 trainer rank of 1 thread, so an on-policy run's rollout worker gets the machine's other core
+#                  (offline methods hold 1 core, on-policy ones 2: cpu seconds count both)
+#   length_window  rows of similar length batched together (data.length_window): less padding,
+#                  the same rows every epoch
+BENCH_SETTINGS = ["trainer.lr=1.0e-3", "trainer.num_workers=1", "trainer.num_cpus_per_worker=1",
+                  "data.length_window=8"]
+
+# two-sided 95% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def mean_std(values: list[float]) -> dict:
+    """Mean, sample standard deviation, range and the values themselves (one per seed)."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "per_seed": list(values)}
+
+
+def paired_interval(diffs: list[float]) -> dict:
+    """Per-seed paired differences (a - b, same seed) -> their mean with a two-sided 95% t interval
+    and a verdict on "a > b": `a above b` when the interval lies above 0, `a below b` when below,
+    `not resolved` when it holds 0 (or with a single seed, which has no interval)."""
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    if n < 2:
+        return {"n": n, "mean": mean, "ci95": None, "per_seed": list(diffs), "verdict": "not resolved"}
+    half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * statistics.stdev(diffs) / math.sqrt(n)
+    lo, hi = mean - half, mean + half
+    verdict = "a above b" if lo > 0 else "a below b" if hi < 0 else "not resolved"
+    return {"n": n, "mean": mean, "ci95": [lo, hi], "per_seed": list(diffs), "verdict": verdict}
 
 
 def training_parser(doc: str, out: Path, quick_help: str) -> argparse.ArgumentParser:

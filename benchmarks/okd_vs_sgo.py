@@ -6,7 +6,7 @@
 
 Every variant starts from the same warm-up student and trains with the same teacher, data, optimizer,
 divergence (forward KL) and machine, one run after another on one local Ray, each through the real
-driver (configs/quickstart.yaml plus the quickstart's per-method settings plus BENCH_SETTINGS: one
+driver (configs/quickstart.yaml plus the quickstart's per-method settings plus _common.BENCH_SETTINGS: one
 DeepSpeed ZeRO-2 trainer rank at lr 1e-3, length-grouped batches, and 1 torch rollout worker for the
 on-policy variants), once per seed (trainer.seed: data order, sampling).
 The variants:
@@ -71,15 +71,6 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "switch": ("switch", []),
 }
 DIVERGENCE = "forward_kl"  # one divergence for every variant, so data source and loss are not confounded
-# The benchmark's own settings, the same for every variant, on top of the quickstart's (--set wins):
-#   lr 1e-3        the student moves: at the quickstart's 3e-4 no variant recovered more than 0.10 of
-#                  the teacher/warm-up gap in 120 steps; at 1e-3 kd recovers about half in 400
-#   1 trainer rank of 1 thread, so the on-policy variants' rollout worker gets the machine's
-#                  other core (offline variants hold 1 core, on-policy ones 2: cpu seconds count both)
-#   length_window  rows of similar length batched together (data.length_window): less padding,
-#                  the same rows every epoch
-BENCH_SETTINGS = ["trainer.lr=1.0e-3", "trainer.num_workers=1", "trainer.num_cpus_per_worker=1",
-                  "data.length_window=8"]
 
 
 def run_variant(variant: str, seed: int, paths: dict, out: Path, args) -> dict:
@@ -94,7 +85,7 @@ def common_overrides(args, seed: int) -> list[str]:
         "data.test=null", f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.eval_every}",
         f"eval.max_examples={args.eval_examples}", f"eval.max_new_tokens={args.max_new_tokens}",
         f"rollout.max_new_tokens={args.max_new_tokens}", f"trainer.seed={seed}", f"loss.divergence={DIVERGENCE}",
-        *BENCH_SETTINGS,
+        *_common.BENCH_SETTINGS,
     ]
     if args.quick:
         overrides += ["trainer.batch_size=8", "trainer.warmup_steps=1"]
@@ -184,11 +175,6 @@ def spread(values: list[float | None]) -> dict:
     return out
 
 
-def mean_std(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "per_seed": values}
-
-
 def aggregate(variant_runs: list[dict], warmup: float, target: float) -> dict:
     """Every seed's run of one variant -> the per-variant entry of the JSON."""
     finals = [r["final_rouge_l"] - warmup for r in variant_runs]
@@ -200,20 +186,20 @@ def aggregate(variant_runs: list[dict], warmup: float, target: float) -> dict:
               "rouge_l_std": statistics.pstdev([r["validation"][i]["rouge_l"] for r in variant_runs]),
               "exact_match": statistics.fmean(r["validation"][i]["exact_match"] for r in variant_runs)}
              for i in range(steps)]
-    gain = mean_std(finals)
+    gain = _common.mean_std(finals)
     return {
         "cores_held": variant_runs[0]["cores_held"],
         "steps_to_target": spread([h["steps"] for h in hits]),
         "seconds_to_target": spread([h["seconds"] for h in hits]),
         "cpu_seconds_to_target": spread([h["cpu_seconds"] for h in hits]),
-        "final_rouge_l": mean_std([r["final_rouge_l"] for r in variant_runs]),
+        "final_rouge_l": _common.mean_std([r["final_rouge_l"] for r in variant_runs]),
         "final_minus_warmup": gain,
         # above the warm-up by more than the seed spread: every seed above it and the mean beyond one std
         "above_warmup_beyond_spread": gain["min"] > 0 and gain["mean"] > gain["std"],
-        "step_seconds_mean": mean_std([r["step_seconds"]["mean"] for r in variant_runs]),
-        "step_seconds_median": mean_std([r["step_seconds"]["median"] for r in variant_runs]),
-        "train_seconds_total": mean_std([r["train_seconds"] for r in variant_runs]),
-        "tokens_trained": mean_std([r["tokens_trained"] for r in variant_runs]),
+        "step_seconds_mean": _common.mean_std([r["step_seconds"]["mean"] for r in variant_runs]),
+        "step_seconds_median": _common.mean_std([r["step_seconds"]["median"] for r in variant_runs]),
+        "train_seconds_total": _common.mean_std([r["train_seconds"] for r in variant_runs]),
+        "tokens_trained": _common.mean_std([r["tokens_trained"] for r in variant_runs]),
         "on_policy_fraction": statistics.fmean(r["on_policy_fraction"] for r in variant_runs),
         "switch_teacher_fraction": (statistics.fmean(fr) if (fr := [r["switch_teacher_fraction"] for r in variant_runs
                                                                      if r.get("switch_teacher_fraction") is not None]) else None),
@@ -350,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "question": "training cost of each method to the same quality, on the same models, data and machine (OKD vs SGO)",
         "settings": {"variants": {v: {"method": VARIANTS[v][0], "overrides": VARIANTS[v][1]} for v in variants},
-                     "divergence": DIVERGENCE, "bench_settings": BENCH_SETTINGS, "seeds": seeds, "steps": args.steps, "eval_every": args.eval_every,
+                     "divergence": DIVERGENCE, "bench_settings": _common.BENCH_SETTINGS, "seeds": seeds, "steps": args.steps, "eval_every": args.eval_every,
                      "eval_examples": args.eval_examples, "max_new_tokens": args.max_new_tokens, "quick": args.quick,
                      "target_fraction": args.target_fraction, "overrides": list(args.set),
                      "config": "configs/quickstart.yaml + distill_ray/quickstart.py METHODS + the variant's overrides"},

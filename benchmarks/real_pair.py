@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import _common  # noqa: E402
-from benchmarks.okd_vs_sgo import cores_held, mean_std, train_time  # noqa: E402  (the same definitions as the headline's)
+from benchmarks.okd_vs_sgo import cores_held, train_time  # noqa: E402  (the same definitions as the headline's)
 
 METHODS = {  # method -> overrides on configs/real.yaml
     "kd": [],
@@ -243,15 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     for m, rs in runs.items():
         finals = [r["validation"][-1]["kl_teacher"] for r in rs]
         per_method[m] = {
-            "kl_final": mean_std(finals),
-            "kl_drop": mean_std([kl0 - f for f in finals]),
+            "kl_final": _common.mean_std(finals),
+            "kl_drop": _common.mean_std([kl0 - f for f in finals]),
             # below the start by more than the seed spread: every seed lower, the mean drop beyond one std
             "kl_below_start_beyond_spread": all(f < kl0 for f in finals) and (
                 len(finals) < 2 or statistics.fmean(kl0 - f for f in finals) > statistics.stdev(finals)),
-            "student_ppl_final": mean_std([r["validation"][-1]["student_ppl"] for r in rs]),
-            "rouge_l_final": mean_std([r["final_rouge_l"] for r in rs]),
-            "step_seconds_mean": mean_std([r["step_seconds"]["mean"] for r in rs]),
-            "train_seconds": mean_std([r["train_seconds"] for r in rs]),
+            "student_ppl_final": _common.mean_std([r["validation"][-1]["student_ppl"] for r in rs]),
+            "rouge_l_final": _common.mean_std([r["final_rouge_l"] for r in rs]),
+            "step_seconds_mean": _common.mean_std([r["step_seconds"]["mean"] for r in rs]),
+            "train_seconds": _common.mean_std([r["train_seconds"] for r in rs]),
             "cores_held": rs[0]["cores_held"],
             "runs": [{k: v for k, v in r.items() if k != "student_dir"} for r in rs],
         }

@@ -103,6 +103,7 @@ def evaluate_model(
                 prediction_tokens=len(resp),
                 task=e.meta.get("task"),
                 form=form,
+                hit_cap=len(resp) >= max_new_tokens,  # responses are cut at EOS, so a full-length one never reached it
             )
         )
     result = summarize(scored)

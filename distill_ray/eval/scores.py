@@ -50,6 +50,7 @@ class Scored:
     prediction_tokens: int
     task: str | None = None
     form: Callable[[str], str] = normalize  # what exact match compares: the tokenizer's normal form in eval (NFKC, ...)
+    hit_cap: bool = False  # generation stopped at max_new_tokens, not at EOS
 
     @property
     def em(self) -> float:
@@ -61,21 +62,25 @@ class Scored:
 
 
 def summarize(items: list[Scored]) -> dict:
-    """Overall and per-bucket exact match, ROUGE-L and mean response length (in tokens)."""
+    """Exact match, ROUGE-L, mean response length (in tokens) and the share of responses cut at the
+    generation cap: overall, per length bucket, per task, and per length bucket within each task
+    (`by_task_length`: length and task told apart)."""
 
     def agg(rows: list[Scored]) -> dict:
         if not rows:
-            return {"n": 0, "exact_match": None, "rouge_l": None, "mean_length": None}
+            return {"n": 0, "exact_match": None, "rouge_l": None, "mean_length": None, "hit_cap": None}
         return {
             "n": len(rows),
             "exact_match": sum(r.em for r in rows) / len(rows),
             "rouge_l": sum(r.rouge for r in rows) / len(rows),
             "mean_length": sum(r.prediction_tokens for r in rows) / len(rows),
+            "hit_cap": sum(r.hit_cap for r in rows) / len(rows),
         }
 
-    out = {"overall": agg(items), "by_length": {}, "by_task": {}}
-    for name, _, _ in LENGTH_BUCKETS:
-        out["by_length"][name] = agg([r for r in items if bucket_of(r.reference_tokens) == name])
-    for task in sorted({r.task for r in items if r.task}):
-        out["by_task"][task] = agg([r for r in items if r.task == task])
-    return out
+    def by_length(rows: list[Scored]) -> dict:
+        return {name: agg([r for r in rows if bucket_of(r.reference_tokens) == name]) for name, _, _ in LENGTH_BUCKETS}
+
+    tasks = sorted({r.task for r in items if r.task})
+    return {"overall": agg(items), "by_length": by_length(items),
+            "by_task": {t: agg([r for r in items if r.task == t]) for t in tasks},
+            "by_task_length": {t: by_length([r for r in items if r.task == t]) for t in tasks}}

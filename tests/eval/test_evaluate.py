@@ -53,6 +53,7 @@ def test_empty_predictions_do_not_match_references_the_tokenizer_cannot_write(ti
 
     result = evaluate_model(ends_at_once(tokenizer), tokenizer, rows, max_new_tokens=4)
     assert result["overall"]["mean_length"] == 0 and result["generated_tokens"] == 0  # every prediction is ''
+    assert result["overall"]["hit_cap"] == 0.0  # every one stopped at EOS
     assert [e["prediction"] for e in result["examples"]] == ["", "", "", ""]
     # before the fix the references were decode(encode(text)): 'APPLE' -> '', an exact match of ''
     assert [e["reference"] for e in result["examples"]] == [r["response"] for r in ROWS]
@@ -84,3 +85,17 @@ def test_skipped_rows_are_not_evaluated_and_kept_ones_are_scored_on_their_text(t
     want = ["0 1 2", "0 1"] if mode == "skip" else [r["response"] for r in ROWS]
     assert [e["reference"] for e in result["examples"]] == want and result["overall"]["n"] == len(want)
     assert report.unrepresentable == 2
+
+
+def test_responses_that_never_reach_eos_are_counted_as_cut_at_the_cap(tiny_local, tmp_path):
+    tokenizer = load_tokenizer(tiny_local["tokenizer"])
+    model = ends_at_once(tokenizer)
+    with torch.no_grad():  # the greedy choice is now a plain token, never EOS
+        model.lm_head.weight[tokenizer.eos_token_id, 0] = 0.0
+        plain = max({tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}) + 1
+        model.lm_head.weight[plain, 0] = 1.0
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    rows, _ = prepare_split(DataConfig(unrepresentable="keep"), tokenizer, str(path), shuffle=False)
+    result = evaluate_model(model, tokenizer, rows, max_new_tokens=4)
+    assert result["overall"]["mean_length"] == 4 and result["overall"]["hit_cap"] == 1.0

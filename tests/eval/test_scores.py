@@ -26,3 +26,15 @@ def test_buckets_and_summary():
     assert s["by_length"]["long (>64)"]["exact_match"] == 1.0
     assert s["by_length"]["medium (17-64)"]["n"] == 0
     assert s["by_task"]["copy"]["mean_length"] == pytest.approx(1.5)
+    # length within a task: count's one row is long, copy's two are short
+    assert s["by_task_length"]["count"]["long (>64)"]["n"] == 1 and s["by_task_length"]["count"]["short (<=16)"]["n"] == 0
+    assert s["by_task_length"]["copy"]["short (<=16)"]["rouge_l"] == pytest.approx((1.0 + 2 / 3) / 2)
+
+
+def test_the_share_of_responses_cut_at_the_generation_cap_is_counted_per_bucket():
+    items = [Scored("a", "a", 1, 1, "t"), Scored("a a a a", "a", 1, 4, "t", hit_cap=True),
+             Scored("b", "b " * 30, 30, 1, "t")]
+    s = summarize(items)
+    assert s["overall"]["hit_cap"] == pytest.approx(1 / 3)
+    assert s["by_length"]["short (<=16)"]["hit_cap"] == pytest.approx(0.5)
+    assert s["by_length"]["medium (17-64)"]["hit_cap"] == 0.0 and s["by_length"]["long (>64)"]["hit_cap"] is None
