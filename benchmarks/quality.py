@@ -34,7 +34,6 @@ interrupted benchmark keeps what it measured.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 import time
