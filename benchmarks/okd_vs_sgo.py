@@ -1,6 +1,6 @@
 """OKD against student-generated-output (SGO) training: what does each method cost to reach the same quality?
 
-    python benchmarks/okd_vs_sgo.py                  # quickstart models (built if missing), 6 variants x 3 seeds, 400 steps
+    python benchmarks/okd_vs_sgo.py                  # quickstart models (built if missing), 7 variants x 3 seeds, 400 steps
     python benchmarks/okd_vs_sgo.py --methods sft,kd,okd,okd_lr1e-4,sgo,sgo_l1,sgo_sync,switch   # every variant
     python benchmarks/okd_vs_sgo.py --quick --out /tmp/okd_vs_sgo.json   # tiny models, a smoke test
 
@@ -251,7 +251,7 @@ def evaluate_reference(paths: dict, args, role: str, split: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = _common.training_parser(__doc__, ROOT / "benchmarks" / "results" / "okd_vs_sgo.json",
                                 "tiny models, 4 steps, 2 seeds: a smoke test")
-    p.set_defaults(methods="sft,kd,okd,sgo,sgo_l1,sgo_sync", steps=400)
+    p.set_defaults(methods="sft,kd,okd,sgo,sgo_l1,sgo_sync,switch", steps=400)
     p.add_argument("--seeds", default="0,1,2", help="trainer seeds; every variant runs once per seed")
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--eval-examples", type=int, default=60, help="validation rows per evaluation")

@@ -42,7 +42,7 @@ class LocalModelsSpec:
     # data for a fraction of the steps, walks the chain with errors and often misses the stop
     teacher: ModelShape = field(default_factory=lambda: ModelShape(128, 4, 4, 512, max_position_embeddings=512))
     student: ModelShape = field(default_factory=lambda: ModelShape(64, 2, 2, 256, max_position_embeddings=512))
-    teacher_steps: int = 1700  # teacher SFT optimizer steps
+    teacher_steps: int = 2500  # teacher SFT optimizer steps (1700 left long-answer exact match at 0.80; 2500: 1.00)
     teacher_lr: float = 1e-3  # teacher SFT peak learning rate (3e-3 learnt more slowly)
     teacher_short_steps: int = 1100  # of teacher_steps, the first ones on short rows only (see sft)
     student_steps: int = 1000  # student SFT warm-up steps (600 were too few to learn where to stop)

@@ -23,6 +23,21 @@ def test_switch_rollout_quick(tmp_path, load_benchmark):
     assert result["models"]["source"].startswith("random")
 
 
+
+def test_switch_tau0_quick(tmp_path, load_benchmark):
+    out = tmp_path / "tau0.json"
+    load_benchmark("switch_tau0").main(["--quick", "--grid", "0.01,0.3,1.0", "--seeds", "0,1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [r["tau0"] for r in rows] == [0.01, 0.3, 1.0]
+    assert [r["tau0_above_ln2"] for r in rows] == [False, False, True] and result["tau0_above_ln2"] is True
+    shares = [r["teacher_fraction"]["mean"] for r in rows]
+    assert all(0.0 <= f <= 1.0 for f in shares)
+    assert shares[0] > shares[2]  # a lower threshold hands the teacher more tokens
+    assert len(rows[0]["teacher_fraction"]["per_seed"]) == 2 and rows[0]["teacher_fraction_by_position"]
+    best = min(rows, key=lambda r: abs(r["teacher_fraction"]["mean"] - 0.5))
+    assert result["calibrated_tau0"] == best["tau0"] and result["calibrated_above_ln2"] == best["tau0_above_ln2"]
+
 @pytest.mark.slow
 def test_rollout_throughput_quick(ray_local, tmp_path, load_benchmark):
     out = tmp_path / "throughput.json"
