@@ -28,7 +28,8 @@ claims (`claims`), each as paired per-seed differences with a 95% t interval and
                                      (the gain grows with the teacher/student gap)
 
 Progress goes to stdout; a partial JSON (NAME.partial.json) is rewritten after every run, so an
-interrupted benchmark keeps what it measured.
+interrupted benchmark keeps what it measured, and `--resume` runs only what is missing from it
+(refused when its settings, teacher or warm-up students differ from this run's).
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="small,large", help="student sizes: small (quickstart student), large")
     p.add_argument("--seeds", default="0,1,2,3,4", help="seeds per (size, method): the claims pair runs by seed")
     p.add_argument("--test-examples", type=int, default=200, help="test rows scored (the quickstart's)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs in OUT.partial.json (an interrupted benchmark, same settings) and run only the missing ones")
     p.set_defaults(steps=400)
     args = p.parse_args(argv)
     methods, sizes = args.methods.split(","), args.sizes.split(",")
@@ -188,18 +191,26 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": {},
     }
     partial = Path(args.out).with_suffix(".partial.json")
+    kept = resumable(partial, result, p) if args.resume else {}
     total, done = len(sizes) * len(seeds) * len(methods), 0
     own_ray = not ray.is_initialized()  # inside the test suite the session's Ray is reused, not shut down
     try:
         for size in sizes:
             warmup, params = evaluate_reference(students[size], paths, args)
+            old = kept.get(size, {})
+            if old and old["warmup"]["overall"] != warmup["overall"]:
+                p.error(f"--resume: {partial} was measured from another {size} warm-up student; remove it")
             entry = result["sizes"][size] = {"parameters": params, "gap": teacher_params / params, "warmup": warmup,
-                                             "methods": {m: {"seeds": {}} for m in methods}}
+                                             "methods": {m: {"seeds": {k: v for k, v in old.get("methods", {}).get(m, {}).get("seeds", {}).items()
+                                                                       if int(k) in seeds}} for m in methods}}
             print(f"[quality] {size} student: {params / 1e6:.2f}M parameters ({entry['gap']:.1f}x smaller than the "
                   f"teacher), warm-up ROUGE-L {warmup['overall']['rouge_l']:.3f}", flush=True)
             for seed in seeds:
                 for method in methods:
                     done += 1
+                    if str(seed) in entry["methods"][method]["seeds"]:
+                        print(f"[quality] {done}/{total} {size} {method} seed {seed}: kept from {partial}", flush=True)
+                        continue
                     t0 = time.perf_counter()
                     out = work / f"{size}-{method}-{seed}"
                     res, _ = _common.run_method(method, paths, out, overrides + [f"trainer.seed={seed}", f"data.shuffle_seed={seed}"],
@@ -226,6 +237,23 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result))
     print(f"wrote {out}")
     return 0
+
+
+def resumable(partial: Path, result: dict, p) -> dict:
+    """The sizes of an interrupted run's partial JSON to keep ({} when there is none), after checking
+    that it was measured with the same settings and teacher as this run."""
+    import json
+
+    if not partial.is_file():
+        return {}
+    old = json.loads(partial.read_text())
+    same = ("steps", "test_examples", "max_new_tokens", "quick", "bench_settings")
+    if any(old["settings"].get(k) != result["settings"][k] for k in same) or \
+            old["teacher"]["overall"] != result["teacher"]["overall"]:
+        p.error(f"--resume: {partial} was measured with other settings or another teacher; remove it")
+    n = sum(len(r["seeds"]) for e in old["sizes"].values() for r in e["methods"].values())
+    print(f"[quality] resuming: {n} runs kept from {partial}", flush=True)
+    return old["sizes"]
 
 
 def format_table(result: dict) -> str:

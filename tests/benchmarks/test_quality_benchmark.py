@@ -68,6 +68,24 @@ def test_claims_pair_each_seed_against_the_best_other_method(load_benchmark):
     assert any("okd - switch (small)" == name for name, _ in quality.claim_rows(c))
 
 
+
+def test_resume_keeps_a_partial_run_only_with_the_same_settings_and_teacher(tmp_path, load_benchmark):
+    import argparse
+
+    quality = load_benchmark("quality")
+    settings = {"steps": 400, "test_examples": 200, "max_new_tokens": 200, "quick": False, "bench_settings": ["a=1"]}
+    teacher = {"overall": {"rouge_l": 0.99}}
+    sizes = {"small": {"warmup": {"overall": {"rouge_l": 0.5}}, "methods": {"kd": {"seeds": {"0": {}, "1": {}}}}}}
+    partial = tmp_path / "quality.partial.json"
+    assert quality.resumable(partial, {"settings": settings, "teacher": teacher}, argparse.ArgumentParser()) == {}
+    partial.write_text(json.dumps({"settings": settings, "teacher": teacher, "sizes": sizes}))
+    assert quality.resumable(partial, {"settings": settings, "teacher": teacher}, argparse.ArgumentParser()) == sizes
+    for changed in ({"settings": {**settings, "steps": 200}, "teacher": teacher},
+                    {"settings": settings, "teacher": {"overall": {"rouge_l": 0.98}}}):
+        with pytest.raises(SystemExit) as e:
+            quality.resumable(partial, changed, argparse.ArgumentParser())
+        assert e.value.code == 2  # argparse's usage error: refused, nothing kept
+
 @pytest.mark.slow
 def test_quality_quick_two_sizes_two_seeds_and_its_plots(ray_local, tmp_path, load_benchmark):
     quality = load_benchmark("quality")
