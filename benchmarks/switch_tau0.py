@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import _common  # noqa: E402
+from benchmarks.okd_vs_sgo import teacher_share_by_position  # noqa: E402
 from benchmarks.switch_rollout import fraction, load_models, load_prompts, run_switch  # noqa: E402
 
 import torch  # noqa: E402
@@ -44,17 +45,9 @@ LN2 = math.log(2.0)
 
 
 def by_position(batches) -> dict[str, float]:
-    """The teacher's share per position bucket over all `batches`, token-weighted."""
-    written: dict[str, float] = {}
-    tokens: dict[str, float] = {}
-    for b in batches:
-        m = teacher_fraction_by_bucket(b.writer_mask, b.response_mask)
-        for key, n in m.items():
-            if key.startswith("switch/tokens/"):
-                bucket = key.removeprefix("switch/tokens/")
-                tokens[bucket] = tokens.get(bucket, 0.0) + n
-                written[bucket] = written.get(bucket, 0.0) + n * m[f"switch/teacher_fraction/{bucket}"]
-    return {k: written[k] / tokens[k] for k in tokens}
+    """The teacher's share per position bucket over all `batches`, token-weighted (the same sum
+    okd_vs_sgo makes over a run's metrics)."""
+    return teacher_share_by_position([teacher_fraction_by_bucket(b.writer_mask, b.response_mask) for b in batches]) or {}
 
 
 def main(argv=None) -> dict:
