@@ -62,8 +62,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "sft": ("sft", []),
     "kd": ("kd", []),
     "okd": ("okd", []),
-    # the online module at a third of the student's rate (the quickstart's 1e-3 is 3.3x the student's
-    # 3e-4: the teacher then moves toward the student faster than the student toward the teacher)
+    # the online module at a tenth of the student's rate (the quickstart gives both 1e-3: the teacher's
+    # module may then move toward the student as fast as the student moves toward the teacher)
     "okd_lr1e-4": ("okd", ["method.okd.lr=1.0e-4"]),
     "sgo": ("sgo", ["method.lambda_on=0.5"]),
     "sgo_l1": ("sgo", ["method.lambda_on=1.0"]),
