@@ -29,6 +29,64 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.045, 2.042)
 
 
+def cores_held(cfg: dict) -> int:
+    """Threads the run's actors hold: each trainer rank and each rollout worker runs
+    max(1, int(num_cpus)) torch threads (trainer/group.py, pipeline/rollout_loop.py)."""
+    from distill_ray.config import from_dict
+    from distill_ray.methods import method_spec
+
+    c = from_dict(cfg, "config.json")
+    cores = c.trainer.num_workers * max(1, int(c.trainer.num_cpus_per_worker))
+    if method_spec(c).rollouts:
+        cores += c.rollout.num_workers * max(1, int(c.rollout.num_cpus_per_worker))
+    return cores
+
+
+def train_time(m: dict) -> float:
+    """A step's training time: its wall time without validation and checkpointing."""
+    return m["timing/step_total"] - m.get("timing/eval", 0.0) - m.get("timing/checkpoint", 0.0)
+
+
+def teacher_share_by_position(metrics: list[dict]) -> dict[str, float] | None:
+    """SWITCH: the teacher's share of the response tokens per position bucket over the whole run,
+    token-weighted (`switch/teacher_fraction/<bucket>` x `switch/tokens/<bucket>` of each step);
+    None for a run without SWITCH batches."""
+    written: dict[str, float] = {}
+    tokens: dict[str, float] = {}
+    for m in metrics:
+        for key, n in m.items():
+            if key.startswith("switch/tokens/"):
+                bucket = key.removeprefix("switch/tokens/")
+                tokens[bucket] = tokens.get(bucket, 0.0) + n
+                written[bucket] = written.get(bucket, 0.0) + n * m[f"switch/teacher_fraction/{bucket}"]
+    return {b: written[b] / tokens[b] for b in tokens} or None
+
+
+def spread(values: list[float | None]) -> dict:
+    """Median and range over seeds; seeds that never got there are counted apart ("never")."""
+    got = [v for v in values if v is not None]
+    out = {"per_seed": [("never" if v is None else v) for v in values], "reached": len(got), "of": len(values)}
+    if len(got) == len(values) and got:  # a median is only meaningful when every seed got there
+        out.update(median=statistics.median(got), min=min(got), max=max(got))
+    else:
+        out.update(median="never" if len(got) * 2 <= len(values) else statistics.median(
+            [float("inf") if v is None else v for v in values]), min=min(got) if got else "never", max="never")
+    return out
+
+
+def time_ratio(num: dict, den: dict, key: str = "seconds_to_target") -> dict:
+    """num's median time to target over den's, with the range of the per-seed ratios (seeds paired)."""
+    a, b = num[key]["per_seed"], den[key]["per_seed"]
+    pairs = [x / y for x, y in zip(a, b) if x != "never" and y != "never" and y > 0]
+    med_a, med_b = num[key]["median"], den[key]["median"]
+    ratio = med_a / med_b if isinstance(med_a, float) and isinstance(med_b, float) and med_b > 0 else None
+    out = {"ratio_of_medians": ratio, "per_seed": pairs, "min": min(pairs) if pairs else None,
+           "max": max(pairs) if pairs else None}
+    if ratio is None:
+        out["why_none"] = f"{'numerator' if not isinstance(med_a, float) else 'denominator'} never reached the target in most seeds"
+    return out
+
+
 def mean_std(values: list[float]) -> dict:
     """Mean, sample standard deviation, range and the values themselves (one per seed)."""
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -54,7 +112,7 @@ def training_parser(doc: str, out: Path, quick_help: str) -> argparse.ArgumentPa
     --out); the caller adds its own."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--methods", default="sft,kd,okd,sgo,switch")
-    p.add_argument("--steps", type=int, default=120, help="training steps per run (the quickstart's)")
+    p.add_argument("--steps", type=int, default=120, help="training steps per run")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--models", default=str(out.parents[2] / "local"), help="root of the local models (built if missing)")
     p.add_argument("--quick", action="store_true", help=quick_help)

@@ -1,7 +1,7 @@
 """OKD against student-generated-output (SGO) training: what does each method cost to reach the same quality?
 
     python benchmarks/okd_vs_sgo.py                  # quickstart models (built if missing), 7 variants x 3 seeds, 400 steps
-    python benchmarks/okd_vs_sgo.py --methods sft,kd,okd,okd_lr1e-4,sgo,sgo_l1,sgo_sync,switch   # every variant
+    python benchmarks/okd_vs_sgo.py --methods sft,kd,okd,okd_lr1e-4,sgo,sgo_l1,sgo_sync,switch,switch_l05   # every variant
     python benchmarks/okd_vs_sgo.py --quick --out /tmp/okd_vs_sgo.json   # tiny models, a smoke test
 
 Every variant starts from the same warm-up student and trains with the same teacher, data, optimizer,
@@ -16,7 +16,9 @@ The variants:
     sgo              on-policy at lambda_on 0.5 (DistiLLM's GKD baseline), asynchronous (staleness 1)
     sgo_l1           on-policy at lambda_on 1.0 (GKD's pure on-policy setting), asynchronous
     sgo_sync         lambda_on 0.5, synchronous (max_staleness 0: every batch from the current student)
-    switch           SWITCH sequences (student writes, teacher takes over on disagreement)
+    switch           SWITCH sequences only (student writes, teacher takes over on disagreement): lambda_on 1.0
+    switch_l05       SWITCH sequences mixed half and half with dataset batches (lambda_on 0.5, like sgo;
+                     the quickstart's switch)
 
 Validation ROUGE-L on the same rows at step 0 (the warm-up student, evaluated here) and every
 --eval-every steps. From each run's own metrics.jsonl:
@@ -48,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import _common  # noqa: E402
+from benchmarks._common import spread, time_ratio  # noqa: E402  (shared with real_pair)
 
 BREAKDOWN = {  # column -> metric key (seconds per step)
     "rollout_wait": "timing/rollout_wait",
@@ -68,7 +71,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "sgo": ("sgo", ["method.lambda_on=0.5"]),
     "sgo_l1": ("sgo", ["method.lambda_on=1.0"]),
     "sgo_sync": ("sgo", ["method.lambda_on=0.5", "rollout.max_staleness=0"]),
-    "switch": ("switch", []),
+    # switch on SWITCH sequences only (the published run's), and mixed half and half like sgo (the quickstart's)
+    "switch": ("switch", ["method.lambda_on=1.0"]),
+    "switch_l05": ("switch", ["method.lambda_on=0.5"]),
 }
 DIVERGENCE = "forward_kl"  # one divergence for every variant, so data source and loss are not confounded
 
@@ -77,7 +82,7 @@ def run_variant(variant: str, seed: int, paths: dict, out: Path, args) -> dict:
     method, extra = VARIANTS[variant]
     _, metrics = _common.run_method(method, paths, out, common_overrides(args, seed) + extra)
     cfg = json.loads((out / "config.json").read_text())
-    return summarize(metrics, cores_held(cfg))
+    return summarize(metrics, _common.cores_held(cfg))
 
 
 def common_overrides(args, seed: int) -> list[str]:
@@ -92,42 +97,10 @@ def common_overrides(args, seed: int) -> list[str]:
     return overrides + list(args.set)
 
 
-def cores_held(cfg: dict) -> int:
-    """Threads the run's actors hold: each trainer rank and each rollout worker runs
-    max(1, int(num_cpus)) torch threads (trainer/group.py, pipeline/rollout_loop.py)."""
-    from distill_ray.config import from_dict
-    from distill_ray.methods import method_spec
-
-    c = from_dict(cfg, "config.json")
-    cores = c.trainer.num_workers * max(1, int(c.trainer.num_cpus_per_worker))
-    if method_spec(c).rollouts:
-        cores += c.rollout.num_workers * max(1, int(c.rollout.num_cpus_per_worker))
-    return cores
-
-
-def train_time(m: dict) -> float:
-    return m["timing/step_total"] - m.get("timing/eval", 0.0) - m.get("timing/checkpoint", 0.0)
-
-
-def teacher_share_by_position(metrics: list[dict]) -> dict[str, float] | None:
-    """SWITCH: the teacher's share of the response tokens per position bucket over the whole run,
-    token-weighted (`switch/teacher_fraction/<bucket>` x `switch/tokens/<bucket>` of each step);
-    None for a run without SWITCH batches."""
-    written: dict[str, float] = {}
-    tokens: dict[str, float] = {}
-    for m in metrics:
-        for key, n in m.items():
-            if key.startswith("switch/tokens/"):
-                bucket = key.removeprefix("switch/tokens/")
-                tokens[bucket] = tokens.get(bucket, 0.0) + n
-                written[bucket] = written.get(bucket, 0.0) + n * m[f"switch/teacher_fraction/{bucket}"]
-    return {b: written[b] / tokens[b] for b in tokens} or None
-
-
 def summarize(metrics: list[dict], cores: int) -> dict:
     """One run: step times, tokens, the time breakdown and its validation curve (step 0 is added
     by the caller, which evaluates the warm-up student once for all runs)."""
-    times = [train_time(m) for m in metrics]
+    times = [_common.train_time(m) for m in metrics]
     breakdown = {col: statistics.median(m.get(key, 0.0) for m in metrics) for col, key in BREAKDOWN.items()}
     breakdown["other"] = max(0.0, statistics.median(times) - sum(breakdown.values()))
     curve, elapsed = [], 0.0
@@ -147,7 +120,7 @@ def summarize(metrics: list[dict], cores: int) -> dict:
         # SWITCH: the share of response tokens the teacher wrote, over the batches trained on
         "switch_teacher_fraction": (statistics.fmean(fr) if (fr := [m["switch/teacher_fraction"] for m in metrics
                                                                      if "switch/teacher_fraction" in m]) else None),
-        "switch_teacher_fraction_by_position": teacher_share_by_position(metrics),
+        "switch_teacher_fraction_by_position": _common.teacher_share_by_position(metrics),
         "breakdown_seconds": breakdown,
         "rollout_busy_seconds": statistics.median(m.get("timing/generate", 0.0) for m in metrics),
         "validation": curve,
@@ -161,18 +134,6 @@ def to_target(run: dict, target: float) -> dict:
     if hit is None:
         return {"steps": None, "seconds": None, "cpu_seconds": None}
     return {"steps": hit["step"], "seconds": hit["train_seconds"], "cpu_seconds": hit["train_seconds"] * run["cores_held"]}
-
-
-def spread(values: list[float | None]) -> dict:
-    """Median and range over seeds; seeds that never got there are counted apart ("never")."""
-    got = [v for v in values if v is not None]
-    out = {"per_seed": [("never" if v is None else v) for v in values], "reached": len(got), "of": len(values)}
-    if len(got) == len(values) and got:  # a median is only meaningful when every seed got there
-        out.update(median=statistics.median(got), min=min(got), max=max(got))
-    else:
-        out.update(median="never" if len(got) * 2 <= len(values) else statistics.median(
-            [float("inf") if v is None else v for v in values]), min=min(got) if got else "never", max="never")
-    return out
 
 
 def aggregate(variant_runs: list[dict], warmup: float, target: float) -> dict:
@@ -214,19 +175,6 @@ def aggregate(variant_runs: list[dict], warmup: float, target: float) -> dict:
         "validation": curve,
         "runs": variant_runs,
     }
-
-
-def time_ratio(num: dict, den: dict, key: str = "seconds_to_target") -> dict:
-    """num's median time to target over den's, with the range of the per-seed ratios (seeds paired)."""
-    a, b = num[key]["per_seed"], den[key]["per_seed"]
-    pairs = [x / y for x, y in zip(a, b) if x != "never" and y != "never" and y > 0]
-    med_a, med_b = num[key]["median"], den[key]["median"]
-    ratio = med_a / med_b if isinstance(med_a, float) and isinstance(med_b, float) and med_b > 0 else None
-    out = {"ratio_of_medians": ratio, "per_seed": pairs, "min": min(pairs) if pairs else None,
-           "max": max(pairs) if pairs else None}
-    if ratio is None:
-        out["why_none"] = f"{'numerator' if not isinstance(med_a, float) else 'denominator'} never reached the target in most seeds"
-    return out
 
 
 def evaluate_reference(paths: dict, args, role: str, split: str) -> dict:

@@ -14,6 +14,19 @@ at step 0 and every --eval-every steps by the driver (eval.teacher_kl): KL(teach
 token, teacher-forced on the teacher's own greedy answers, and the student's perplexity on them;
 ROUGE-L of the student's greedy answers against the teacher's at the end (--rouge-rows rows).
 Train time is the loop's time without validation and checkpoints; cpu seconds = cores held x that.
+
+Time to quality, as in okd_vs_sgo: the KL target is the start's KL minus half the best method's
+mean drop (`kl_target`, declared in the JSON); per method the steps, train seconds and cpu seconds
+to the first validation at or below it, per seed, and `sgo_over_okd_time_to_kl_target` (median
+seconds, with the per-seed ratios) when both ran. The validation grid (--eval-every) quantises it.
+
+This CPU (2 cores) fits only a short run: `--methods kd,okd,sgo --seeds 0 --steps 40 --eval-every
+10` is about 40 minutes. On a GPU machine (vLLM rollouts, more ranks, longer answers, more steps):
+
+    python benchmarks/real_pair.py --methods kd,okd,sgo,switch --seeds 0,1,2 --steps 1000 --eval-every 50 \
+        --layers 12 --max-tokens 256 --validation-rows 200 --rouge-rows 100 \
+        --set model.dtype=bfloat16 --set trainer.num_workers=8 --set trainer.num_gpus_per_worker=1 \
+        --set trainer.batch_size=64 --set rollout.num_workers=4 --set rollout.num_gpus_per_worker=1
 """
 
 from __future__ import annotations
@@ -30,7 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import _common  # noqa: E402
-from benchmarks.okd_vs_sgo import cores_held, train_time  # noqa: E402  (the same definitions as the headline's)
 
 METHODS = {  # method -> overrides on configs/real.yaml
     "kd": [],
@@ -85,7 +97,7 @@ def run_one(method: str, seed: int, paths: dict, out: Path, args) -> dict:
     result = run(cfg, quiet=True)
     wall = time.perf_counter() - t0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    times = [train_time(m) for m in metrics]
+    times = [_common.train_time(m) for m in metrics]
     curve, elapsed = [], 0.0
     for m, t in zip(metrics, times):
         elapsed += t
@@ -93,11 +105,38 @@ def run_one(method: str, seed: int, paths: dict, out: Path, args) -> dict:
             curve.append({"step": m["step"], "train_seconds": elapsed, "kl_teacher": m["val/kl_teacher"],
                           "student_ppl": m["val/student_ppl"], "rouge_l": m["val/rouge_l"]})
     return {"seed": seed, "steps": len(metrics), "student_dir": result["student_dir"], "wall_seconds": wall,
-            "train_seconds": sum(times), "cores_held": cores_held(json.loads((out / "config.json").read_text())),
+            "train_seconds": sum(times), "cores_held": _common.cores_held(json.loads((out / "config.json").read_text())),
             "step_seconds": {"mean": statistics.fmean(times), "median": statistics.median(times),
                              "min": min(times), "max": max(times)},
             "tokens_trained": sum(m.get("tokens", 0.0) for m in metrics),
             "loss_first": metrics[0]["loss"], "loss_last": metrics[-1]["loss"], "validation": curve}
+
+
+def to_kl_target(run: dict, target: float) -> dict:
+    """Steps, train seconds and cpu seconds to the first validation point at or below `target`."""
+    hit = next((c for c in run["validation"] if c["kl_teacher"] <= target + 1e-12), None)
+    if hit is None:
+        return {"steps": None, "seconds": None, "cpu_seconds": None}
+    return {"steps": hit["step"], "seconds": hit["train_seconds"], "cpu_seconds": hit["train_seconds"] * run["cores_held"]}
+
+
+def time_to_kl(per_method: dict, runs: dict[str, list[dict]], kl0: float) -> dict:
+    """The KL target (the start minus half the best method's mean drop), each method's steps and
+    seconds to it (added to `per_method`), and every method's time over okd's."""
+    best = max(per_method, key=lambda m: per_method[m]["kl_drop"]["mean"])
+    target = kl0 - 0.5 * per_method[best]["kl_drop"]["mean"]
+    for m, rs in runs.items():
+        hits = [to_kl_target(r, target) for r in rs]
+        for key in ("steps", "seconds", "cpu_seconds"):
+            per_method[m][f"{key}_to_kl_target"] = _common.spread([h[key] for h in hits])
+    out = {"kl_target": target, "kl_target_below_start": target < kl0,
+           "kl_target_rule": f"start KL - 0.5 x ({best}'s mean drop)", "best_method": best}
+    if "okd" in per_method:
+        out["over_okd_time_to_kl_target"] = {
+            m: _common.time_ratio(per_method[m], per_method["okd"], "seconds_to_kl_target") for m in per_method if m != "okd"}
+        if "sgo" in per_method:
+            out["sgo_over_okd_time_to_kl_target"] = out["over_okd_time_to_kl_target"]["sgo"]
+    return out
 
 
 def reference(paths: dict, args) -> dict:
@@ -255,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             "cores_held": rs[0]["cores_held"],
             "runs": [{k: v for k, v in r.items() if k != "student_dir"} for r in rs],
         }
+    timing = time_to_kl(per_method, runs, kl0)
     result = {
         "question": "does distillation on the real pair bring the pruned student closer to the teacher, and at what cost per method",
         "settings": {"methods": methods, "seeds": seeds, "steps": args.steps, "eval_every": args.eval_every,
@@ -262,15 +302,21 @@ def main(argv: list[str] | None = None) -> int:
                      "rouge_rows": args.rouge_rows, "max_tokens": args.max_tokens, "quick": args.quick,
                      "config": "configs/real.yaml + method, seed, steps and --set overrides", "overrides": args.set},
         "teacher": paths["teacher"], "student": paths["student"], "prune": paths["prune"],
-        "reference": ref, "methods": per_method, "depth_costs": costs,
+        "reference": ref, **timing, "methods": per_method, "depth_costs": costs,
         "total_seconds": time.perf_counter() - t_all, "machine": _common.machine(load_before),
     }
     _common.write_result(args.out, result)
-    print(f"\n{'method':<8}{'s/step':>8}{'KL start':>10}{'KL final':>16}{'ppl final':>12}{'ROUGE-L':>16}")
+    print(f"\n{'method':<8}{'s/step':>8}{'KL start':>10}{'KL final':>16}{'ppl final':>12}{'ROUGE-L':>16}{'s to KL target':>16}")
     for m, e in per_method.items():
+        to = e["seconds_to_kl_target"]["median"]
+        to = to if isinstance(to, str) else f"{to:.0f}s"
         print(f"{m:<8}{e['step_seconds_mean']['mean']:>8.2f}{kl0:>10.3f}"
               f"{e['kl_final']['mean']:>10.3f}±{e['kl_final']['std']:<5.3f}{e['student_ppl_final']['mean']:>12.1f}"
-              f"{e['rouge_l_final']['mean']:>10.3f}±{e['rouge_l_final']['std']:.3f}")
+              f"{e['rouge_l_final']['mean']:>10.3f}±{e['rouge_l_final']['std']:.3f}"
+              f"{to:>16}")
+    print(f"KL target {timing['kl_target']:.3f} ({timing['kl_target_rule']})"
+          + ("" if timing["kl_target_below_start"] else ": above the start (no method got closer), so the times mean nothing")
+          + (f"; sgo/okd time to it: {r:.2f}x" if (r := timing.get("sgo_over_okd_time_to_kl_target", {}).get("ratio_of_medians")) else ""))
     print(f"teacher's own ROUGE-L against its answers (greedy again): {ref['teacher_rouge_l_self']:.3f}")
     print(f"wrote {args.out}")
     return 0

@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import _common  # noqa: E402
-from benchmarks.okd_vs_sgo import teacher_share_by_position  # noqa: E402
 from benchmarks.switch_rollout import fraction, load_models, load_prompts, run_switch  # noqa: E402
 
 import torch  # noqa: E402
@@ -47,7 +46,7 @@ LN2 = math.log(2.0)
 def by_position(batches) -> dict[str, float]:
     """The teacher's share per position bucket over all `batches`, token-weighted (the same sum
     okd_vs_sgo makes over a run's metrics)."""
-    return teacher_share_by_position([teacher_fraction_by_bucket(b.writer_mask, b.response_mask) for b in batches]) or {}
+    return _common.teacher_share_by_position([teacher_fraction_by_bucket(b.writer_mask, b.response_mask) for b in batches]) or {}
 
 
 def main(argv=None) -> dict:

@@ -93,7 +93,7 @@ class OkdConfig:
 @dataclass
 class MethodConfig:
     name: Method = "kd"  # sft | kd | seqkd | sgo | switch | okd
-    lambda_on: float = 1.0  # sgo: fraction of batches made of student-generated outputs
+    lambda_on: float = 1.0  # sgo, switch: fraction of batches made of student-generated (SWITCH) sequences
     combine_with: Literal["none", "sgo", "switch"] = "none"  # okd only: also train on sgo or SWITCH sequences
     switch: SwitchConfig = field(default_factory=SwitchConfig)  # SWITCH settings
     okd: OkdConfig = field(default_factory=OkdConfig)  # OKD online-module settings

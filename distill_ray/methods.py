@@ -8,7 +8,8 @@ methods itself.
     sgo     D(teacher || student) on the student's own samples, mixed with dataset batches by
             method.lambda_on (GKD / on-policy KD)
     switch  D(teacher || student) on SWITCH sequences: the student samples, the teacher takes over
-            a token where their JSD exceeds a threshold that decays with position
+            a token where their JSD exceeds a threshold that decays with position; mixed with
+            dataset batches by method.lambda_on like sgo (default 1.0: SWITCH sequences only)
     okd     kd with small online modules inside the frozen teacher, trained with the student;
             method.combine_with adds sgo or SWITCH sequences (rollouts) to it
 
@@ -43,7 +44,7 @@ METHODS: dict[str, MethodSpec] = {
     "kd": MethodSpec("kd", needs_teacher=True, teacher_in_loss=True, in_process=True),
     "seqkd": MethodSpec("seqkd", needs_teacher=True, teacher_in_loss=False, teacher_writes_data=True),
     "sgo": MethodSpec("sgo", needs_teacher=True, teacher_in_loss=True, rollouts=True, mixes_dataset=True),
-    "switch": MethodSpec("switch", needs_teacher=True, teacher_in_loss=True, rollouts=True, switch=True),
+    "switch": MethodSpec("switch", needs_teacher=True, teacher_in_loss=True, rollouts=True, switch=True, mixes_dataset=True),
     "okd": MethodSpec("okd", needs_teacher=True, teacher_in_loss=True, online_teacher=True, combinable=True),
 }
 

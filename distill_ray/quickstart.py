@@ -23,13 +23,14 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 # method -> its settings on top of configs/quickstart.yaml (the rest is shared, the divergence
 # included: forward KL for every method, so where the sequences come from is the only difference).
-# sgo mixes student-generated and dataset batches half and half (DistiLLM's GKD baseline): a small
-# warm-up student's own samples alone (lambda_on 1) are a poor training set.
+# sgo and switch mix student-generated (SWITCH) and dataset batches half and half (DistiLLM's GKD
+# baseline): a small warm-up student's own samples alone (lambda_on 1) first pull it below its
+# warm-up (BENCHMARKS.md, okd_vs_sgo's curves), which a 200-step run does not recover from.
 METHODS: dict[str, list[str]] = {
     "sft": ["method.name=sft"],
     "kd": ["method.name=kd"],
     "sgo": ["method.name=sgo", "method.lambda_on=0.5"],
-    "switch": ["method.name=switch"],
+    "switch": ["method.name=switch", "method.lambda_on=0.5"],
     "okd": ["method.name=okd"],
 }
 

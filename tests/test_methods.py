@@ -38,7 +38,7 @@ def test_the_table_has_exactly_the_methods_a_config_accepts():
 def test_what_each_method_does(name, rollouts, switch, ce_only, needs_teacher):
     spec = method_spec(cfg_for(name))
     assert (spec.rollouts, spec.switch, spec.ce_only, spec.needs_teacher) == (rollouts, switch, ce_only, needs_teacher)
-    assert spec.mixes_dataset == (name == "sgo") and spec.online_teacher == (name == "okd")
+    assert spec.mixes_dataset == (name in ("sgo", "switch")) and spec.online_teacher == (name == "okd")
     assert spec.in_process == (name in ("sft", "kd"))
 
 

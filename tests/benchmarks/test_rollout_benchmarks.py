@@ -23,6 +23,27 @@ def test_switch_rollout_quick(tmp_path, load_benchmark):
     assert result["models"]["source"].startswith("random")
 
 
+def test_switch_rollout_at_fixed_tau0_and_batch(tmp_path, load_benchmark):
+    # the training setting: a given tau0 (no calibration) at a batch above 1 (no planned ceiling there)
+    out = tmp_path / "switch.json"
+    load_benchmark("switch_rollout").main(["--quick", "--prompt-sets", "long", "--batch-size", "2", "--tau0", "0.05,1.0",
+                                           "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = result["sets"]["long"]["rows"]
+    assert [r["tau0"] for r in rows] == [0.05, 1.0] and result["settings"]["tau0"] == [0.05, 1.0]
+    assert [r["target_fraction"] for r in rows] == [None, None]
+    assert [r["tau0_above_ln2"] for r in rows] == [False, True]
+    assert rows[0]["teacher_fraction"] >= rows[1]["teacher_fraction"]  # a lower threshold hands the teacher more
+    assert result["all_identical"] is True and all(r["planned_speedup"] is None for r in rows)
+    assert result["meets_target"] is None  # the 0.75 target is set at ~50% teacher tokens, not at a given tau0
+
+
+def test_switch_rollout_rejects_a_bad_tau0(tmp_path, load_benchmark, capsys):
+    with pytest.raises(SystemExit) as exc:
+        load_benchmark("switch_rollout").main(["--quick", "--tau0", "0.2,nan", "--out", str(tmp_path / "s.json")])
+    assert exc.value.code == 2 and "--tau0" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
+
 
 def test_switch_tau0_quick(tmp_path, load_benchmark):
     out = tmp_path / "tau0.json"

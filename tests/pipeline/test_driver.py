@@ -83,6 +83,8 @@ RUNS = {
     "sgo_sync": ("sgo", {"rollout__max_staleness": 0}),  # fully on-policy
     # the tiny test models' JSD is about 0.005 nats everywhere: a threshold there mixes writers
     "switch_async": ("switch", {"rollout__max_staleness": 2, **SWITCH_MIX}),
+    # half SWITCH sequences, half dataset batches (seed 0's draws: on, off, off, on)
+    "switch_mixed": ("switch", {"method__lambda_on": 0.5, **SWITCH_MIX}),
     "okd": ("okd", {}),
     "okd_sgo": ("okd", {"method__combine_with": "sgo"}),
     "okd_switch": ("okd", {"method__combine_with": "switch", **SWITCH_MIX}),
@@ -151,6 +153,16 @@ def test_switch_runs_log_the_teacher_share_by_response_position(runs):
             weighted = sum(m[f"switch/teacher_fraction/{b}"] * m[f"switch/tokens/{b}"] for b in buckets)
             assert weighted / m["tokens/response"] == pytest.approx(m["switch/teacher_fraction"], abs=1e-9), (name, m)
     assert not any(k.startswith("switch/") for m in runs["sgo_sync"]["metrics"] for k in m)
+
+
+def test_switch_mixes_dataset_batches_in_at_lambda_on(runs):
+    metrics = runs["switch_mixed"]["metrics"]
+    assert [m["on_policy"] for m in metrics] == [1.0, 0.0, 0.0, 1.0]
+    for m in metrics:
+        on = m["on_policy"] == 1.0
+        # SWITCH sequences carry a policy version and who wrote each token; dataset rows neither
+        assert (m["policy_version"] >= 0) == on and ("switch/teacher_fraction" in m) == on, m
+    assert all(m["on_policy"] == 1.0 for m in runs["switch_async"]["metrics"])  # lambda_on 1.0, the default
 
 
 def test_switch_batches_mix_teacher_and_student_tokens(runs):
