@@ -62,6 +62,16 @@ def teacher_share_by_position(metrics: list[dict]) -> dict[str, float] | None:
     return {b: written[b] / tokens[b] for b in tokens} or None
 
 
+def to_target(run: dict, key: str, target: float, lower_is_better: bool = False) -> dict:
+    """Steps, train seconds and cpu seconds to the first validation point of `run` whose `key`
+    reaches `target` (at or above it; at or below it when lower is better)."""
+    reached = (lambda v: v <= target + 1e-12) if lower_is_better else (lambda v: v >= target - 1e-12)
+    hit = next((c for c in run["validation"] if reached(c[key])), None)
+    if hit is None:
+        return {"steps": None, "seconds": None, "cpu_seconds": None}
+    return {"steps": hit["step"], "seconds": hit["train_seconds"], "cpu_seconds": hit["train_seconds"] * run["cores_held"]}
+
+
 def spread(values: list[float | None]) -> dict:
     """Median and range over seeds; seeds that never got there are counted apart ("never")."""
     got = [v for v in values if v is not None]

@@ -128,18 +128,10 @@ def summarize(metrics: list[dict], cores: int) -> dict:
     }
 
 
-def to_target(run: dict, target: float) -> dict:
-    """Steps, train seconds and cpu seconds to the first validation point at or above `target`."""
-    hit = next((c for c in run["validation"] if c["rouge_l"] >= target - 1e-12), None)
-    if hit is None:
-        return {"steps": None, "seconds": None, "cpu_seconds": None}
-    return {"steps": hit["step"], "seconds": hit["train_seconds"], "cpu_seconds": hit["train_seconds"] * run["cores_held"]}
-
-
 def aggregate(variant_runs: list[dict], warmup: float, target: float) -> dict:
     """Every seed's run of one variant -> the per-variant entry of the JSON."""
     finals = [r["final_rouge_l"] - warmup for r in variant_runs]
-    hits = [to_target(r, target) for r in variant_runs]
+    hits = [_common.to_target(r, "rouge_l", target) for r in variant_runs]
     steps = len(variant_runs[0]["validation"])
     curve = [{"step": variant_runs[0]["validation"][i]["step"],
               "train_seconds": statistics.fmean(r["validation"][i]["train_seconds"] for r in variant_runs),

@@ -112,21 +112,13 @@ def run_one(method: str, seed: int, paths: dict, out: Path, args) -> dict:
             "loss_first": metrics[0]["loss"], "loss_last": metrics[-1]["loss"], "validation": curve}
 
 
-def to_kl_target(run: dict, target: float) -> dict:
-    """Steps, train seconds and cpu seconds to the first validation point at or below `target`."""
-    hit = next((c for c in run["validation"] if c["kl_teacher"] <= target + 1e-12), None)
-    if hit is None:
-        return {"steps": None, "seconds": None, "cpu_seconds": None}
-    return {"steps": hit["step"], "seconds": hit["train_seconds"], "cpu_seconds": hit["train_seconds"] * run["cores_held"]}
-
-
 def time_to_kl(per_method: dict, runs: dict[str, list[dict]], kl0: float) -> dict:
     """The KL target (the start minus half the best method's mean drop), each method's steps and
     seconds to it (added to `per_method`), and every method's time over okd's."""
     best = max(per_method, key=lambda m: per_method[m]["kl_drop"]["mean"])
     target = kl0 - 0.5 * per_method[best]["kl_drop"]["mean"]
     for m, rs in runs.items():
-        hits = [to_kl_target(r, target) for r in rs]
+        hits = [_common.to_target(r, "kl_teacher", target, lower_is_better=True) for r in rs]
         for key in ("steps", "seconds", "cpu_seconds"):
             per_method[m][f"{key}_to_kl_target"] = _common.spread([h[key] for h in hits])
     out = {"kl_target": target, "kl_target_below_start": target < kl0,
